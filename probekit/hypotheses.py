@@ -1,0 +1,103 @@
+"""The hypothesis protocol: an algorithm whose intermediate quantities are probe targets.
+
+A hypothesis reads a store's Dataset (never the model) and returns a *targets
+Dataset*: one variable per target with dims ``(sample, pos, <target>_dim)``, a
+boolean ``<target>_mask (sample, pos)`` marking where it is defined, and attributes
+``kind`` (``continuous`` or ``categorical``), ``description`` and optionally
+``expected_layer``. Build it with :func:`make_targets` from :class:`Target` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import numpy as np
+
+from probekit import schema
+from probekit.errors import DataError, StoreError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+TARGET_KINDS = ("continuous", "categorical")
+MASK_SUFFIX = "_mask"
+
+
+@dataclass
+class Target:
+    """One probe target: ``values[sample, pos, k]`` defined where ``mask[sample, pos]``."""
+
+    name: str
+    values: np.ndarray
+    mask: np.ndarray
+    description: str
+    kind: str = "continuous"
+    expected_layer: int | None = None
+
+
+class Hypothesis:
+    """Base class for hypotheses. Subclasses set ``name``, ``requires`` and implement ``compute``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: variables the store must hold, each with dims starting ``(sample, pos)``
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **options):
+        self.options = options
+
+    def check(self, ds: "xr.Dataset") -> None:
+        """Raise :class:`StoreError` if ``ds`` lacks what this hypothesis needs."""
+        missing = [v for v in self.requires if v not in ds.variables]
+        if missing:
+            task = ds.attrs.get("task", "?")
+            raise StoreError(
+                f"hypothesis {self.name!r} needs variables {missing} which this store (task {task!r}) does not have"
+            )
+        for v in self.requires:
+            if tuple(ds[v].dims[:2]) != (schema.SAMPLE, schema.POS):
+                raise StoreError(f"hypothesis {self.name!r} needs {v!r} with dims (sample, pos, ...), got {ds[v].dims}")
+
+    def targets(self, ds: "xr.Dataset") -> "xr.Dataset":
+        """Check the store and return the validated targets Dataset."""
+        self.check(ds)
+        out = make_targets(self.compute(ds), n_samples=ds.sizes[schema.SAMPLE], n_pos=ds.sizes[schema.POS])
+        out.attrs.update({"hypothesis": self.name, "options": dict(self.options)})
+        return out
+
+    def compute(self, ds: "xr.Dataset") -> Sequence[Target]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def make_targets(targets: Sequence[Target], *, n_samples: int, n_pos: int) -> "xr.Dataset":
+    """Assemble :class:`Target` objects into a validated targets Dataset."""
+    import xarray as xr
+
+    data = {}
+    for t in targets:
+        values = np.asarray(t.values)
+        if values.ndim == 2:
+            values = values[..., None]
+        mask = np.asarray(t.mask)
+        if t.kind not in TARGET_KINDS:
+            raise DataError(f"target {t.name!r} has kind {t.kind!r}; choose from: {', '.join(TARGET_KINDS)}")
+        if values.shape[:2] != (n_samples, n_pos) or values.ndim != 3:
+            raise DataError(f"target {t.name!r} has shape {values.shape}, expected ({n_samples}, {n_pos}, k)")
+        if mask.shape != (n_samples, n_pos) or mask.dtype != bool:
+            raise DataError(f"mask of target {t.name!r} must be bool ({n_samples}, {n_pos}), got {mask.dtype} {mask.shape}")
+        if not mask.any():
+            raise DataError(f"target {t.name!r} is defined at no position")
+        if not np.isfinite(values[mask]).all():
+            raise DataError(f"target {t.name!r} has NaN or inf at positions its mask marks defined")
+        attrs = {"kind": t.kind, "description": t.description, "mask": t.name + MASK_SUFFIX}
+        if t.expected_layer is not None:
+            attrs["expected_layer"] = int(t.expected_layer)
+        data[t.name] = ((schema.SAMPLE, schema.POS, f"{t.name}_dim"), values, attrs)
+        data[t.name + MASK_SUFFIX] = ((schema.SAMPLE, schema.POS), mask)
+    return xr.Dataset(data)
+
+
+def target_names(targets: "xr.Dataset") -> list[str]:
+    """Names of the targets (not masks) in a targets Dataset, in order."""
+    return [n for n in targets.data_vars if not n.endswith(MASK_SUFFIX)]

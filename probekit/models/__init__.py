@@ -1,0 +1,1 @@
+"""Models: the toy transformer zoo, its training loop, and adapters that expose named sites."""

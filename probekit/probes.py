@@ -1,0 +1,228 @@
+"""Linear probes on sufficient statistics: grouped, nested cross-validated ridge.
+
+One streaming pass accumulates, per fold, ``X^T X``, ``X^T Y``, sums, counts and
+``sum y^2`` in float64 (on data shifted by a reference row, so centring does not
+cancel catastrophically). Training statistics for any set of folds are sums of
+fold statistics; one ``eigh`` per training set then gives the ridge solution for
+every alpha and every target column as a diagonal rescale, and held-out errors
+follow from the test fold's statistics without touching the data again.
+
+Folds are groups of whole samples: positions of one sequence never straddle train
+and test. Alpha is chosen *inside* the training folds (nested CV), per target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from probekit.errors import DataError, UsageError
+
+DEFAULT_REL_ALPHAS = tuple(10.0 ** np.arange(-6, 4))  # times trace(XᵀX)/(n·F)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def grouped_folds(n_samples: int, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index of each sample: a seeded shuffle dealt round-robin into ``n_folds`` groups."""
+    if n_folds < 2:
+        raise UsageError(f"need at least 2 folds, got {n_folds}")
+    if n_samples < n_folds:
+        raise UsageError(f"cannot make {n_folds} sample-grouped folds from {n_samples} samples")
+    order = np.random.default_rng(seed).permutation(n_samples)
+    folds = np.empty(n_samples, dtype=np.int64)
+    folds[order] = np.arange(n_samples) % n_folds
+    return folds
+
+
+@dataclass
+class FoldStats:
+    """Per-fold sufficient statistics of rows ``(x, y)`` for ridge regression."""
+
+    n_folds: int
+    n_features: int
+    n_targets: int
+    device: str = "cpu"
+    xtx: object = field(init=False)
+    xty: object = field(init=False)
+    sx: object = field(init=False)
+    sy: object = field(init=False)
+    yy: object = field(init=False)  # per-column sum of y^2
+    n: object = field(init=False)
+    x_shift: object = field(init=False, default=None)
+    y_shift: object = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        torch = _torch()
+        K, F, k = self.n_folds, self.n_features, self.n_targets
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=self.device)  # noqa: E731
+        self.xtx, self.xty, self.sx, self.sy, self.yy, self.n = z(K, F, F), z(K, F, k), z(K, F), z(K, k), z(K, k), z(K)
+
+    def add(self, x, y, fold) -> None:
+        """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``."""
+        torch = _torch()
+        x = torch.as_tensor(x, device=self.device).to(torch.float64)
+        y = torch.as_tensor(y, device=self.device).to(torch.float64)
+        fold = torch.as_tensor(fold, device=self.device)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise DataError(f"probe inputs must be [rows, {self.n_features}], got {tuple(x.shape)}")
+        if y.ndim != 2 or y.shape != (x.shape[0], self.n_targets):
+            raise DataError(f"probe targets must be [{x.shape[0]}, {self.n_targets}], got {tuple(y.shape)}")
+        if x.shape[0] == 0:
+            return
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise DataError("probe inputs or targets contain NaN or inf")
+        if self.x_shift is None:  # a reference row keeps the float64 sums well conditioned
+            self.x_shift, self.y_shift = x.mean(0), y.mean(0)
+        x, y = x - self.x_shift, y - self.y_shift
+        for k in range(self.n_folds):
+            sel = fold == k
+            if not bool(sel.any()):
+                continue
+            xk, yk = x[sel], y[sel]
+            self.xtx[k] += xk.T @ xk
+            self.xty[k] += xk.T @ yk
+            self.sx[k] += xk.sum(0)
+            self.sy[k] += yk.sum(0)
+            self.yy[k] += (yk * yk).sum(0)
+            self.n[k] += xk.shape[0]
+
+    def subset(self, folds) -> tuple:
+        """Summed statistics ``(xtx, xty, sx, sy, yy, n)`` of the given folds."""
+        idx = list(folds)
+        return tuple(a[idx].sum(0) for a in (self.xtx, self.xty, self.sx, self.sy, self.yy, self.n))
+
+
+@dataclass
+class RidgeSolution:
+    """Ridge fits of one training set for all alphas, kept in the Gram's eigenbasis."""
+
+    V: object  # eigenvectors [F, F]
+    e: object  # eigenvalues [F]
+    VC: object  # V^T (centred X^T Y) [F, k]
+    mx: object  # training means [F], [k]
+    my: object
+
+    @classmethod
+    def fit(cls, train: tuple) -> "RidgeSolution":
+        """Fit from summed training statistics ``(xtx, xty, sx, sy, yy, n)``."""
+        torch = _torch()
+        xtx, xty, sx, sy, _, n = train
+        if float(n) < 2:
+            raise DataError("too few training rows for a probe")
+        mx, my = sx / n, sy / n
+        G = xtx - n * torch.outer(mx, mx)
+        C = xty - n * torch.outer(mx, my)
+        e, V = torch.linalg.eigh(0.5 * (G + G.T))
+        return cls(V=V, e=e.clamp_min(0), VC=V.T @ C, mx=mx, my=my)
+
+    def coef(self, alphas):
+        """Weights ``[A, F, k]`` and intercepts ``[A, k]`` for each alpha (shifted coordinates)."""
+        Z = self.VC[None] / (self.e[None, :, None] + alphas[:, None, None])
+        W = self.V[None] @ Z
+        b = self.my[None] - (self.mx[None, None] @ W)[:, 0]
+        return W, b
+
+    def sse(self, alphas, test) -> object:
+        """Held-out sum of squared errors ``[A, k]`` on a test set given by its statistics."""
+        xtx, xty, sx, sy, yy, n = test
+        W, b = self.coef(alphas)
+        quad = ((xtx[None] @ W) * W).sum(1)  # diag(W^T xtx W)
+        cross = (xty[None] * W).sum(1)  # diag(W^T xty)
+        xw = (sx[None, None] @ W)[:, 0]  # sx^T W
+        return yy[None] - 2 * cross - 2 * b * sy[None] + quad + 2 * b * xw + n * b * b
+
+
+@dataclass
+class CVResult:
+    """Nested cross-validation of one set of target columns."""
+
+    sse: np.ndarray  # held-out SSE per column (alpha chosen inside each outer training set)
+    sst: np.ndarray  # total sum of squares per column (about the pooled mean)
+    n: int  # rows
+    alpha: np.ndarray  # per column: alpha chosen by CV over all folds (for the final refit)
+    alphas: np.ndarray  # the grid searched
+
+    def r2(self, cols=None) -> float:
+        """Pooled out-of-fold R² over ``cols`` (variance-weighted across columns)."""
+        cols = slice(None) if cols is None else cols
+        sst = self.sst[cols].sum()
+        return float(1.0 - self.sse[cols].sum() / sst) if sst > 0 else float("nan")
+
+    def mse(self, cols=None) -> float:
+        cols = slice(None) if cols is None else cols
+        return float(self.sse[cols].sum() / (self.n * np.size(self.sse[cols])))
+
+
+def alpha_grid(stats: FoldStats, rel_alphas=DEFAULT_REL_ALPHAS):
+    """Scale-aware alphas: ``rel_alphas`` times the mean eigenvalue of the centred Gram."""
+    torch = _torch()
+    xtx, _, sx, _, _, n = stats.subset(range(stats.n_folds))
+    scale = float(torch.trace(xtx - torch.outer(sx, sx) / n) / stats.n_features)
+    scale = scale if scale > 0 else 1.0
+    return torch.tensor([scale * a for a in rel_alphas], dtype=torch.float64, device=stats.device)
+
+
+def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS) -> CVResult:
+    """Nested, sample-grouped CV of ridge for every column of Y at once.
+
+    For each outer fold j, alpha is chosen by an inner CV over the other folds
+    (minimum summed SSE within each column group, i.e. per target), then scored
+    on fold j. ``col_groups[c]`` names the target of column c (default: one group).
+    """
+    torch = _torch()
+    K = stats.n_folds
+    empty = [k for k in range(K) if float(stats.n[k]) == 0]
+    if empty:
+        raise DataError(f"folds {empty} have no rows; use fewer folds or more samples")
+    k_cols = stats.n_targets
+    groups = np.zeros(k_cols, dtype=np.int64) if col_groups is None else np.asarray(col_groups)
+    ids = np.unique(groups)
+    onehot = torch.tensor(groups[None, :] == ids[:, None], dtype=torch.float64, device=stats.device)  # [G, k]
+    alphas = alpha_grid(stats, rel_alphas)
+    everything = stats.subset(range(K))
+
+    def fold_stats(j):
+        return tuple(a[j] for a in (stats.xtx, stats.xty, stats.sx, stats.sy, stats.yy, stats.n))
+
+    # SSE[A, k] of training on all folds but {i, j} and testing on i, for every pair: one eigh per pair.
+    inner = {}
+    for i, j in combinations(range(K), 2):
+        sol = RidgeSolution.fit(_minus(everything, stats.subset((i, j))))
+        inner[(i, j)] = sol.sse(alphas, fold_stats(i))
+        inner[(j, i)] = sol.sse(alphas, fold_stats(j))
+
+    def choose(sse_by_alpha):  # [A, k] -> index per column, minimising within each group
+        per_group = sse_by_alpha @ onehot.T  # [A, G]
+        best = per_group.argmin(0)  # [G]
+        return best[torch.as_tensor(np.searchsorted(ids, groups), device=stats.device)]
+
+    held_out = torch.zeros(k_cols, dtype=torch.float64, device=stats.device)
+    all_folds_sse = torch.zeros(len(alphas), k_cols, dtype=torch.float64, device=stats.device)
+    for j in range(K):
+        sol = RidgeSolution.fit(_minus(everything, fold_stats(j)))
+        outer = sol.sse(alphas, fold_stats(j))  # [A, k]
+        all_folds_sse += outer
+        inner_sse = sum(inner[(i, j)] for i in range(K) if i != j)
+        pick = choose(inner_sse)
+        held_out += outer.gather(0, pick[None])[0]
+    _, _, sx, sy, yy, n = everything
+    sst = yy - sy * sy / n
+    final_alpha = alphas[choose(all_folds_sse)]
+    return CVResult(
+        sse=held_out.clamp_min(0).cpu().numpy(),
+        sst=sst.cpu().numpy(),
+        n=int(n),
+        alpha=final_alpha.cpu().numpy(),
+        alphas=alphas.cpu().numpy(),
+    )
+
+
+def _minus(a: tuple, b: tuple) -> tuple:
+    return tuple(x - y for x, y in zip(a, b))

@@ -1,0 +1,84 @@
+"""Names of the store's dimensions, variables and attributes, and a validator.
+
+The written specification is ``docs/store-spec.md``; this module is its executable form.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from probekit.errors import StoreError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+FORMAT_VERSION = 1
+
+# Dimensions
+SAMPLE = "sample"
+POS = "pos"
+LAYER = "layer"
+FEATURE = "feature"
+HEAD = "head"
+CHECKPOINT = "checkpoint"
+
+# Activation variables have these dims, chunked (block, 1, all pos, all features):
+ACTIVATION_DIMS = (SAMPLE, LAYER, POS, FEATURE)
+
+# Model output variable (what the model predicts at each position)
+OUTPUT_VAR = "model_out"
+OUTPUT_FEATURE = "out_feature"
+
+# Groups inside a store
+RANDOM_INIT_GROUP = "random_init"
+PROBES_GROUP = "probes"
+
+# Attributes every store root carries
+REQUIRED_ATTRS = (
+    "probekit_format",
+    "probekit_version",
+    "created",
+    "task",
+    "task_params",
+    "seed",
+    "n_samples",
+    "model_spec",
+    "model_hash",
+    "sites",
+    "dtype",
+    "device",
+    "torch_version",
+)
+MANIFEST_ATTR = "blocks_done"  # sample blocks fully written, per group
+BLOCK_ATTR = "sample_block"  # samples per block (chunk size along `sample`)
+STORE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def activation_sites(ds: "xr.Dataset") -> list[str]:
+    """Variables of ``ds`` that hold per-layer activations."""
+    return [name for name, v in ds.data_vars.items() if tuple(v.dims) == ACTIVATION_DIMS]
+
+
+def validate_store(ds: "xr.Dataset") -> list[str]:
+    """Problems that make ``ds`` (a store's root dataset) not a valid probekit store."""
+    problems = [f"missing attribute {a!r}" for a in REQUIRED_ATTRS if a not in ds.attrs]
+    if ds.attrs.get("probekit_format", FORMAT_VERSION) > FORMAT_VERSION:
+        problems.append(
+            f"store format {ds.attrs['probekit_format']} is newer than this probekit understands ({FORMAT_VERSION})"
+        )
+    for site in ds.attrs.get("sites", []):
+        if site not in ds:
+            problems.append(f"site {site!r} is listed in attrs but has no variable")
+        elif tuple(ds[site].dims) != ACTIVATION_DIMS:
+            problems.append(f"site {site!r} has dims {ds[site].dims}, expected {ACTIVATION_DIMS}")
+    if SAMPLE not in ds.dims:
+        problems.append(f"no {SAMPLE!r} dimension")
+    elif ds.attrs.get("n_samples") not in (None, ds.sizes[SAMPLE]):
+        problems.append(f"n_samples attr {ds.attrs['n_samples']} != size of sample dim {ds.sizes[SAMPLE]}")
+    return problems
+
+
+def assert_valid_store(ds: "xr.Dataset", where: str = "store") -> None:
+    problems = validate_store(ds)
+    if problems:
+        raise StoreError(f"{where} is not a valid probekit store: " + "; ".join(problems))

@@ -1,0 +1,267 @@
+"""Open, create, write, lock and resume probekit stores (zarr v3 groups read by xarray).
+
+A store knows paths and arrays, never models. Layout (see ``docs/store-spec.md``)::
+
+    <run>.zarr/                  root group: task inputs, activations, model outputs, provenance
+      random_init/               optional: the same sites for a random-init model
+      probes/<hypothesis>/<id>/  probe results, one xarray Dataset each
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from probekit import schema
+from probekit.errors import StoreError, StoreLockedError
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence zarr's notice that consolidated metadata is not in the v3 spec (we rely on it knowingly)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        yield
+
+
+class Store:
+    """A probekit store at ``path`` (a directory ending in ``.zarr`` by convention)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- creation and opening ------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.path / "zarr.json").is_file()
+
+    @classmethod
+    def create(cls, path, base, *, overwrite: bool = False) -> "Store":
+        """Create a store whose root holds ``base`` (an ``xr.Dataset``) and its attrs.
+
+        Refuses an existing path unless ``overwrite``.
+        """
+        store = cls(path)
+        if store.path.exists():
+            if not overwrite:
+                raise StoreError(f"{store.path} already exists (pass --overwrite to replace it)")
+            store.remove()
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+        with _quiet():
+            base.to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False)
+        store.consolidate()
+        return store
+
+    @classmethod
+    def open(cls, path) -> "Store":
+        """Open an existing probekit store, or raise :class:`StoreError` saying what is wrong."""
+        store = cls(path)
+        if not store.path.exists():
+            raise StoreError(f"no store at {store.path}")
+        if not store.exists():
+            raise StoreError(f"{store.path} is not a zarr v3 store (no zarr.json)")
+        try:
+            attrs = store.attrs()
+        except Exception as exc:
+            raise StoreError(f"{store.path} is not readable as a zarr store: {exc}") from exc
+        if "probekit_format" not in attrs:
+            raise StoreError(f"{store.path} is a zarr store but not a probekit store (no probekit_format attribute)")
+        return store
+
+    def remove(self) -> None:
+        if (self.path / "zarr.json").is_file() or not self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            raise StoreError(f"refusing to delete {self.path}: it is not a zarr store")
+
+    # -- reading --------------------------------------------------------------
+
+    def group(self, group: str | None = None, mode: str = "r"):
+        zarr = _zarr()
+        return zarr.open_group(self.path, path=group or "", mode=mode, use_consolidated=False)
+
+    def attrs(self, group: str | None = None) -> dict:
+        return dict(self.group(group).attrs)
+
+    def has_group(self, group: str) -> bool:
+        return (self.path / group / "zarr.json").is_file()
+
+    def dataset(self, group: str | None = None):
+        """The (lazy) xarray Dataset of the root or of a sub-group."""
+        import xarray as xr
+
+        if group and not self.has_group(group):
+            raise StoreError(f"{self.path} has no group {group!r}")
+        with _quiet():
+            return xr.open_zarr(self.path, group=group, consolidated=None, chunks=None)
+
+    def array(self, name: str, group: str | None = None):
+        """The zarr array ``name`` (for chunk-wise reads that bypass xarray)."""
+        g = self.group(group)
+        if name not in g.array_keys():
+            raise StoreError(f"{self.path} has no variable {name!r} in group {group or '/'}")
+        return g[name]
+
+    # -- writing --------------------------------------------------------------
+
+    def update_attrs(self, attrs: dict, group: str | None = None) -> None:
+        self.group(group, mode="a").attrs.update(attrs)
+
+    def create_activation(
+        self,
+        name: str,
+        shape: tuple[int, int, int, int],
+        *,
+        dtype: str,
+        block: int,
+        group: str | None = None,
+        attrs: dict | None = None,
+    ):
+        """Pre-size an activation array ``(sample, layer, pos, feature)``.
+
+        One chunk is ``(block, 1, pos, feature)``: one layer of one sample block,
+        a single contiguous read.
+        """
+        if dtype not in schema.STORE_DTYPES:
+            raise StoreError(f"unsupported store dtype {dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
+        zarr = _zarr()
+        g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
+        _, _, T, F = shape
+        return g.create_array(
+            name,
+            shape=shape,
+            chunks=(block, 1, T, F),
+            dtype=dtype,
+            dimension_names=schema.ACTIVATION_DIMS,
+            fill_value=0,
+            attributes=attrs or {},
+            overwrite=True,
+        )
+
+    def create_variable(self, name, shape, dims, *, dtype, chunks, group=None, attrs=None):
+        """Pre-size any other per-sample variable (e.g. model outputs)."""
+        zarr = _zarr()
+        g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
+        return g.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
+            fill_value=0, attributes=attrs or {}, overwrite=True,
+        )
+
+    def write_block(self, name: str, start: int, data: np.ndarray, group: str | None = None) -> None:
+        """Write ``data`` at samples ``start:start+len(data)`` of variable ``name``."""
+        arr = self.group(group, mode="a")[name]
+        if data.shape[1:] != arr.shape[1:]:
+            raise StoreError(f"block for {name!r} has shape {data.shape}, store expects (*, {arr.shape[1:]})")
+        arr[start : start + data.shape[0]] = data
+
+    # -- manifest of completed sample blocks (makes interrupted writes resumable) --
+
+    def blocks_done(self, group: str | None = None) -> set[int]:
+        return set(self.attrs(group).get(schema.MANIFEST_ATTR, []))
+
+    def mark_block_done(self, index: int, group: str | None = None) -> None:
+        done = self.blocks_done(group) | {int(index)}
+        self.update_attrs({schema.MANIFEST_ATTR: sorted(done)}, group)
+
+    def is_complete(self, group: str | None = None) -> bool:
+        attrs = self.attrs(group)
+        n, block = attrs.get("n_samples"), attrs.get(schema.BLOCK_ATTR)
+        if not n or not block:
+            return False
+        return len(set(attrs.get(schema.MANIFEST_ATTR, []))) >= -(-n // block)
+
+    def consolidate(self) -> None:
+        zarr = _zarr()
+        with _quiet():
+            zarr.consolidate_metadata(self.path)
+
+    # -- probe results -----------------------------------------------------------
+
+    def write_results(self, ds, hypothesis: str, run_id: str) -> str:
+        """Write a results Dataset under ``probes/<hypothesis>/<run_id>``; returns the group path."""
+        key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}"
+        with _quiet():
+            ds.to_zarr(self.path, group=key, mode="w", zarr_format=3, consolidated=False)
+        self.consolidate()
+        return key
+
+    def results(self, hypothesis: str | None = None) -> list[str]:
+        """Group paths of stored probe results, oldest first."""
+        base = self.path / schema.PROBES_GROUP
+        keys = []
+        for hyp_dir in sorted(base.iterdir()) if base.is_dir() else []:
+            if hypothesis and hyp_dir.name != hypothesis:
+                continue
+            for run in hyp_dir.iterdir():
+                if (run / "zarr.json").is_file():
+                    keys.append((run.stat().st_mtime, f"{schema.PROBES_GROUP}/{hyp_dir.name}/{run.name}"))
+        return [k for _, k in sorted(keys)]
+
+    # -- locking -----------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive writer lock (a sibling ``.lock`` file); stale locks of dead processes are taken over."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = _read_lock(self.lock_path)
+                if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid")):
+                    self.lock_path.unlink(missing_ok=True)  # stale: its writer died
+                    continue
+                raise StoreLockedError(
+                    f"{self.path} is being written by another process (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}); wait for it, or delete {self.lock_path} if that process is gone"
+                ) from None
+        else:  # pragma: no cover - lost a race twice
+            raise StoreLockedError(f"could not lock {self.path}")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,111 @@
+"""The Gram-statistics ridge engine against independent scikit-learn fits."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+
+from probekit.errors import DataError, UsageError
+from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, alpha_grid, cross_validate, grouped_folds
+
+
+def make_rows(n_samples=60, T=7, F=6, k=3, noise=0.5, seed=0, offset=100.0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, T, F)) + offset  # a large mean tests the centring
+    W = rng.standard_normal((F, k))
+    Y = X @ W + noise * rng.standard_normal((n_samples, T, k)) + 3.0
+    sample = np.repeat(np.arange(n_samples), T)
+    return X.reshape(-1, F), Y.reshape(-1, k), sample
+
+
+def accumulate(X, Y, row_fold, K, batch=50):
+    stats = FoldStats(K, X.shape[1], Y.shape[1])
+    for i in range(0, len(X), batch):  # streamed in uneven batches
+        stats.add(X[i : i + batch], Y[i : i + batch], row_fold[i : i + batch])
+    return stats
+
+
+def sklearn_nested(X, Y, row_fold, K, alphas, groups):
+    """Brute force: for each outer fold, choose alpha per target group by inner CV, then score."""
+    sse = np.zeros(Y.shape[1])
+    for j in range(K):
+        inner = np.zeros((len(alphas), Y.shape[1]))
+        for i in range(K):
+            if i == j:
+                continue
+            tr, te = (row_fold != i) & (row_fold != j), row_fold == i
+            for a, alpha in enumerate(alphas):
+                m = Ridge(alpha=alpha).fit(X[tr], Y[tr])
+                inner[a] += ((m.predict(X[te]) - Y[te]) ** 2).sum(0)
+        tr, te = row_fold != j, row_fold == j
+        for g in np.unique(groups):
+            cols = groups == g
+            best = alphas[inner[:, cols].sum(1).argmin()]
+            m = Ridge(alpha=best).fit(X[tr], Y[tr][:, cols])
+            pred = m.predict(X[te]).reshape(-1, cols.sum())
+            sse[cols] += ((pred - Y[te][:, cols]) ** 2).sum(0)
+    return sse
+
+
+def test_nested_cv_matches_sklearn_brute_force():
+    X, Y, sample = make_rows()
+    K = 4
+    row_fold = grouped_folds(sample.max() + 1, K, seed=3)[sample]
+    groups = np.array([0, 1, 1])
+    stats = accumulate(X, Y, row_fold, K)
+    res = cross_validate(stats, col_groups=groups)
+    expected = sklearn_nested(X, Y, row_fold, K, res.alphas, groups)
+    np.testing.assert_allclose(res.sse, expected, rtol=1e-7)
+    sst = ((Y - Y.mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(res.sst, sst, rtol=1e-9)
+    r2 = 1 - expected[1:].sum() / sst[1:].sum()
+    assert res.r2(groups == 1) == pytest.approx(r2, rel=1e-8)
+
+
+def test_alpha_choice_tracks_noise():
+    # noiseless data: tiny alpha wins; pure noise: the largest alpha wins and R² <= 0
+    X, Y, sample = make_rows(noise=0.0, offset=0.0)
+    fold = grouped_folds(sample.max() + 1, 5)[sample]
+    res = cross_validate(accumulate(X, Y, fold, 5))
+    assert res.r2() > 0.999999
+    assert res.alpha[0] == res.alphas.min()
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(Y.shape)
+    res = cross_validate(accumulate(X, noise, fold, 5))
+    assert res.r2() < 0.01
+    assert res.alpha[0] == res.alphas.max()
+
+
+def test_alpha_grid_is_scale_aware():
+    X, Y, sample = make_rows(offset=0.0)
+    fold = grouped_folds(sample.max() + 1, 3)[sample]
+    a1 = alpha_grid(accumulate(X, Y, fold, 3)).numpy()
+    a2 = alpha_grid(accumulate(10 * X, Y, fold, 3)).numpy()
+    np.testing.assert_allclose(a2 / a1, 100.0)
+    assert len(a1) == len(DEFAULT_REL_ALPHAS)
+
+
+def test_grouped_folds_never_split_a_sample():
+    n, T, K = 37, 5, 5
+    folds = grouped_folds(n, K, seed=11)
+    sample = np.repeat(np.arange(n), T)
+    row_fold = folds[sample]
+    for s in range(n):
+        assert len(set(row_fold[sample == s])) == 1
+    counts = np.bincount(folds, minlength=K)
+    assert counts.max() - counts.min() <= 1
+    assert set(folds) == set(range(K))
+
+
+def test_grouped_folds_errors():
+    with pytest.raises(UsageError, match="cannot make 5 sample-grouped folds from 3 samples"):
+        grouped_folds(3, 5)
+    with pytest.raises(UsageError):
+        grouped_folds(10, 1)
+
+
+def test_nan_and_shape_errors():
+    stats = FoldStats(2, 3, 1)
+    with pytest.raises(DataError, match="NaN"):
+        stats.add(np.array([[np.nan, 0, 0]]), np.zeros((1, 1)), np.zeros(1, int))
+    with pytest.raises(DataError, match=r"\[rows, 3\]"):
+        stats.add(np.zeros((2, 4)), np.zeros((2, 1)), np.zeros(2, int))
