@@ -78,3 +78,24 @@ def make_register(registry: Registry[Any], plugin: str):
 
     register.__doc__ = f"Register a {registry.kind} under a unique name."
     return register
+
+
+def construct(kind: str, name: str, cls: type, options: dict) -> Any:
+    """``cls(**options)``, with unknown option names answered by the list of accepted ones."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        from probekit.errors import UsageError
+
+        raise UsageError(
+            f"{kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"choose from: {', '.join(accepted) or '(none)'}"
+        )
+    return cls(**options)

@@ -207,10 +207,10 @@ class Store:
         base = self.path / schema.PROBES_GROUP
         keys = []
         for hyp_dir in sorted(base.iterdir()) if base.is_dir() else []:
-            if hypothesis and hyp_dir.name != hypothesis:
+            if not hyp_dir.is_dir() or (hypothesis and hyp_dir.name != hypothesis):
                 continue
             for run in hyp_dir.iterdir():
-                if (run / "zarr.json").is_file():
+                if run.is_dir() and (run / "zarr.json").is_file():
                     keys.append((run.stat().st_mtime, f"{schema.PROBES_GROUP}/{hyp_dir.name}/{run.name}"))
         return [k for _, k in sorted(keys)]
 

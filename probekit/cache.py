@@ -1,0 +1,194 @@
+"""Run a model over task inputs and write its activations to a store, block by block.
+
+Arrays are pre-sized; each sample block is written as whole chunks, then recorded
+in the store's manifest. Rerunning the same request on an interrupted store resumes
+at the first missing block and gives the same bytes as an uninterrupted run; a
+different request against an existing store is refused, saying what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import probekit
+from probekit import schema
+from probekit.errors import DataError, StoreError, UnknownNameError, UsageError
+from probekit.store import Store
+
+TARGET_CHUNK_BYTES = 4 * 2**20  # one (block, layer) chunk; DESIGN asks for 1-64 MB
+
+
+@dataclass
+class CacheRequest:
+    """Everything that determines a store's contents (compared when resuming)."""
+
+    model: str
+    out: str
+    task: str | None = None
+    task_params: dict = field(default_factory=dict)
+    n_samples: int = 2000
+    seed: int = 1
+    sites: tuple[str, ...] = ("resid",)
+    dtype: str = "float16"
+    random_init: bool = False
+    batch_size: int = 256
+    device: str = "cpu"
+
+    def identity(self) -> dict:
+        """The fields that must match for a resume (not batch size or device)."""
+        d = dataclasses.asdict(self)
+        return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "random_init")}
+
+
+def sample_block(n_samples: int, bytes_per_sample: int) -> int:
+    """Samples per chunk so one layer of one block is about TARGET_CHUNK_BYTES."""
+    return int(max(1, min(n_samples, TARGET_CHUNK_BYTES // max(1, bytes_per_sample))))
+
+
+def _check_values(site: str, acts: np.ndarray, dtype: str) -> None:
+    if not np.isfinite(acts).all():
+        raise DataError(f"site {site!r} has NaN or inf activations; the model itself produced them")
+    if dtype != "float16":
+        return
+    limit = float(np.finfo(np.float16).max)
+    big = np.abs(acts) > limit
+    if big.any():
+        layer = int(np.argwhere(big)[0][1])
+        raise DataError(
+            f"site {site!r} overflows float16 at layer {layer} (max |value| {np.abs(acts).max():.3g} > {limit:.0f}); "
+            f"rerun with --dtype float32"
+        )
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+    diffs = [f"{k}: store has {old.get(k)!r}, asked for {new[k]!r}" for k in new if old.get(k) != new[k]]
+    return "; ".join(diffs)
+
+
+def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
+              on_progress: Callable[[str, int, int], None] | None = None) -> Store:
+    """Cache ``req.sites`` of ``req.model`` on ``req.n_samples`` task samples into ``req.out``.
+
+    ``on_progress(phase, samples_done, samples_total)`` is called after every block.
+    """
+    from probekit.models.adapters import load_adapter
+
+    if req.dtype not in schema.STORE_DTYPES:
+        raise UsageError(f"unknown dtype {req.dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
+    if req.n_samples < 1:
+        raise UsageError("--n-samples must be >= 1")
+    adapter = load_adapter(host, req.model, device=req.device)
+    ckpt = getattr(adapter, "ckpt", None)
+    task_name = req.task or (ckpt.task if ckpt else None)
+    if task_name is None:
+        raise UsageError("this model records no task: pass --task")
+    params = dict(ckpt.task_params) if ckpt and ckpt.task == task_name else {}
+    params.update(req.task_params)
+    task = host.tasks.get(task_name)(**params)
+    req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
+    for site in req.sites:
+        if site not in adapter.sites:
+            raise UnknownNameError("site", site, adapter.sites)
+
+    store = Store(req.out)
+    with store.lock():
+        if store.exists() and not overwrite:
+            old = Store.open(req.out).attrs().get("request", {})
+            diff = _describe_difference(old, req.identity())
+            if diff:
+                raise StoreError(f"{req.out} holds a different cache ({diff}); use --overwrite or another --out")
+            if store.is_complete() and (not req.random_init or store.is_complete(schema.RANDOM_INIT_GROUP)):
+                return store
+        elif store.path.exists() and not overwrite:
+            raise StoreError(f"{req.out} exists and is not a probekit store; choose another --out")
+        else:
+            _create(store, req, task, adapter, overwrite)
+        inputs = np.asarray(Store.open(req.out).dataset()[task.io.input_var].values)
+        _fill(store, adapter, req, inputs, None, on_progress)
+        if req.random_init:
+            rand = load_adapter(host, req.model, random_init=True, device=req.device)
+            if not store.has_group(schema.RANDOM_INIT_GROUP):
+                _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
+            _fill(store, rand, req, inputs, schema.RANDOM_INIT_GROUP, on_progress)
+        store.consolidate()
+    return store
+
+
+def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> None:
+    import xarray as xr
+
+    ds = task.generate(req.n_samples, req.seed)
+    n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
+    if n != req.n_samples:
+        raise DataError(f"task {task.name!r} generated {n} samples, {req.n_samples} were asked for")
+    attrs = dict(ds.attrs)
+    attrs.update(_group_attrs(req, adapter, T))
+    attrs.update(
+        probekit_format=schema.FORMAT_VERSION,
+        probekit_version=probekit.__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        n_samples=req.n_samples,
+        request=req.identity(),
+    )
+    max_layers = max(adapter.sites[s] for s in req.sites)
+    base = ds.assign_coords({schema.LAYER: np.arange(max_layers)})
+    base.attrs = attrs
+    Store.create(store.path, base, overwrite=overwrite)
+    _create_arrays(store, req, adapter, T, None)
+
+
+def _group_attrs(req: CacheRequest, adapter, T: int) -> dict:
+    block = sample_block(req.n_samples, T * adapter.d_model * np.dtype(req.dtype).itemsize)
+    return adapter.provenance() | {
+        "sites": list(req.sites),
+        "dtype": req.dtype,
+        schema.BLOCK_ATTR: block,
+        schema.MANIFEST_ATTR: [],
+    }
+
+
+def _create_group(store: Store, req: CacheRequest, adapter, group: str, T: int) -> None:
+    import zarr
+
+    zarr.open_group(store.path, path=group, mode="a").attrs.update(
+        _group_attrs(req, adapter, T) | {"n_samples": req.n_samples}
+    )
+    _create_arrays(store, req, adapter, T, group)
+
+
+def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str | None) -> None:
+    block = store.attrs(group)[schema.BLOCK_ATTR]
+    for site in req.sites:
+        store.create_activation(site, (req.n_samples, adapter.sites[site], T, adapter.d_model),
+                                dtype=req.dtype, block=block, group=group, attrs={"site": site})
+    store.create_variable(schema.OUTPUT_VAR, (req.n_samples, T, adapter.d_out),
+                          (schema.SAMPLE, schema.POS, schema.OUTPUT_FEATURE), dtype="float32",
+                          chunks=(block, T, adapter.d_out), group=group,
+                          attrs={"description": "model output at each position"})
+
+
+def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: str | None, on_progress) -> None:
+    block = store.attrs(group)[schema.BLOCK_ATTR]
+    n = req.n_samples
+    n_blocks = -(-n // block)
+    done = store.blocks_done(group)
+    phase = "random-init" if group else "model"
+    for b in range(n_blocks):
+        s0, s1 = b * block, min(n, (b + 1) * block)
+        if b in done:
+            continue
+        parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites))
+                 for i in range(s0, s1, req.batch_size)]
+        for site in req.sites:
+            acts = np.concatenate([p[0][site] for p in parts])
+            _check_values(site, acts, req.dtype)
+            store.write_block(site, s0, acts.astype(req.dtype), group)
+        store.write_block(schema.OUTPUT_VAR, s0, np.concatenate([p[1] for p in parts]), group)
+        store.mark_block_done(b, group)
+        if on_progress:
+            on_progress(phase, s1, n)

@@ -1,0 +1,80 @@
+"""The ``probekit`` command: a typer app with one thin module per command.
+
+Errors raised on purpose (:class:`probekit.errors.ProbekitError`) print as one line
+``error: ...`` on stderr with exit code 2 (usage) or 1 (failure); any other
+exception prints one line too. ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from probekit import __version__
+
+app = typer.Typer(
+    name="probekit",
+    help="Test hypotheses about what transformers compute in context: train, cache, probe.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"probekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """probekit: cache activations to zarr, probe them per layer against pluggable hypotheses."""
+
+
+from probekit.cli import cache, demo, plugins, probe, train  # noqa: E402  (commands register on `app`)
+
+__all__ = ["app", "main", "run", "cache", "demo", "plugins", "probe", "train"]
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return its exit code (errors become one line on stderr)."""
+    from probekit.errors import ProbekitError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="probekit", standalone_mode=False)
+    except ProbekitError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted (an interrupted cache resumes when you rerun the same command)", err=True)
+        return 130
+    except Exception as exc:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,72 @@
+"""``probekit cache``: run a model over task inputs and write activations to a zarr store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from probekit.cli import app
+from probekit.cli._common import print_json, progress, stderr_console
+
+
+@app.command()
+def cache(
+    model: str = typer.Option(..., "--model", help="Model spec, e.g. toy:store/models/demo."),
+    out: Path = typer.Option(..., "--out", help="Store to write (a .zarr directory)."),
+    task: Optional[str] = typer.Option(None, help="Task (default: the one the toy model was trained on)."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
+    n_samples: int = typer.Option(2000, "--n-samples", "-n", help="Sequences to cache."),
+    seed: int = typer.Option(1, help="Seed of the task samples (use one unseen in training)."),
+    site: Optional[List[str]] = typer.Option(None, "--site", help="Site to cache (repeatable; default resid)."),
+    dtype: str = typer.Option("float16", help="Storage dtype: float16 (overflow-checked) or float32."),
+    random_init: bool = typer.Option(False, "--random-init", help="Also cache a random-init model of the same "
+                                     "architecture (a probe baseline) into the store's random_init group."),
+    batch_size: int = typer.Option(256, help="Sequences per forward pass."),
+    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
+) -> None:
+    """Cache activations of MODEL on task samples; rerun the same command to resume."""
+    from probekit.cache import CacheRequest, run_cache
+    from probekit.plugins import PluginHost
+    from probekit.tasks import parse_params
+
+    host = PluginHost.default()
+    params = {}
+    if task and param:
+        params = parse_params(host.tasks.get(task).Params, param)
+    elif param:
+        params = _params_for_model_task(host, model, param)
+    req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
+                       sites=tuple(site or ("resid",)), dtype=dtype, random_init=random_init,
+                       batch_size=batch_size, device=device)
+    total = n_samples * (2 if random_init else 1)
+    with progress("cache", total, "samples", enabled=not as_json) as update:
+        def on_progress(phase: str, done: int, n: int) -> None:
+            update(done + (n if phase == "random-init" else 0), info=phase)
+
+        store = run_cache(host, req, overwrite=overwrite, on_progress=on_progress)
+    ds = store.dataset()
+    summary = {"store": str(store.path), "sites": ds.attrs["sites"], "n_samples": ds.sizes["sample"],
+               "dims": {k: int(v) for k, v in ds.sizes.items()}, "dtype": ds.attrs["dtype"],
+               "random_init": store.has_group("random_init")}
+    if as_json:
+        print_json(summary)
+    else:
+        stderr_console().print(f"cached {summary['sites']} for {summary['n_samples']} samples into "
+                               f"[bold]{store.path}[/bold] ({', '.join(f'{k}={v}' for k, v in summary['dims'].items())})")
+
+
+def _params_for_model_task(host, model: str, param: list[str]) -> dict:
+    """Task parameters when --task is omitted: parse them against the toy checkpoint's task."""
+    from probekit.errors import UsageError
+    from probekit.models.adapters import parse_spec
+    from probekit.models.checkpoint import read
+    from probekit.tasks import parse_params
+
+    scheme, rest = parse_spec(model)
+    if scheme != "toy":
+        raise UsageError("--param needs --task for models that record no task")
+    return parse_params(host.tasks.get(read(rest).task).Params, param)

@@ -1,0 +1,59 @@
+"""``probekit probe``: regress a hypothesis' targets on every cached layer, with baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from probekit.cli import app
+from probekit.cli._common import parse_options, print_json, progress, stderr_console, stdout_console
+
+
+def default_plot_path(store: Path, hypothesis: str) -> Path:
+    """``store/demo.zarr`` -> ``store/demo.rls.png`` (next to the store)."""
+    return store.with_name(f"{store.name.removesuffix('.zarr')}.{hypothesis}.png")
+
+
+@app.command()
+def probe(
+    store: Path = typer.Argument(..., help="Store written by `probekit cache`."),
+    hypothesis: str = typer.Option(..., "--hypothesis", "-H", help="Hypothesis whose targets to probe (e.g. rls)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Hypothesis option key=value."),
+    site: Optional[List[str]] = typer.Option(None, "--site", help="Sites to probe (default: all cached)."),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to probe (default: all)."),
+    folds: int = typer.Option(5, help="Cross-validation folds, grouped by sample."),
+    seed: int = typer.Option(0, help="Seed of the folds and of the shuffled baseline."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Shuffled-target and random-init baselines."),
+    device: str = typer.Option("cpu", help="Device of the probe arithmetic: cpu or cuda."),
+    plot: Optional[Path] = typer.Option(None, help="PNG to write (default: next to the store)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON records instead of a table."),
+) -> None:
+    """Probe every layer of STORE for the targets of a hypothesis; print a table and write a PNG."""
+    from probekit.plugins import PluginHost
+    from probekit.probing import ProbeSettings, run_probe
+    from probekit.report import plot_r2, results_json, results_table
+
+    host = PluginHost.default()
+    settings = ProbeSettings(n_folds=folds, seed=seed, sites=tuple(site) if site else None,
+                             targets=tuple(target) if target else None, baselines=baselines,
+                             device=device, options=parse_options(option))
+    with progress(f"probe {hypothesis}", 1, "layers", enabled=not as_json) as update:
+        results, key = run_probe(host, store, hypothesis, settings,
+                                 on_progress=lambda what, done, total: update(done, info=what, total=total))
+    png = plot or default_plot_path(store, hypothesis)
+    for s in results.site.values:
+        path = png if len(results.site) == 1 else png.with_name(f"{png.stem}.{s}{png.suffix}")
+        plot_r2(results, path, site=str(s))
+    if as_json:
+        import json
+
+        payload = json.loads(results_json(results))
+        payload["plot"] = str(png)
+        print_json(payload)
+        return
+    out = stdout_console()
+    for s in results.site.values:
+        out.print(results_table(results, site=str(s)))
+    stderr_console().print(f"results: {store}/{key} · plot: [bold]{png}[/bold]")

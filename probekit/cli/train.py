@@ -1,0 +1,65 @@
+"""``probekit train``: train a toy transformer on a task and save a safetensors checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from probekit.cli import app
+from probekit.cli._common import print_json, progress, stderr_console
+
+
+@app.command()
+def train(
+    task: str = typer.Option("lds", "--task", help="Task to train on (see `probekit plugins`)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
+    model: str = typer.Option("softmax", "--model", help="Toy-model preset: softmax, linear, attn-only."),
+    steps: int = typer.Option(3000, help="Optimiser steps (fresh task samples each step)."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
+    layers: Optional[int] = typer.Option(None, help="Override the preset's number of layers."),
+    width: Optional[int] = typer.Option(None, help="Override d_model."),
+    heads: Optional[int] = typer.Option(None, help="Override the number of heads."),
+    attention: Optional[str] = typer.Option(None, help="Override attention: softmax or linear."),
+    mlp: Optional[bool] = typer.Option(None, "--mlp/--no-mlp", help="Override: MLP blocks."),
+    layernorm: Optional[bool] = typer.Option(None, "--layernorm/--no-layernorm", help="Override: LayerNorm."),
+    batch_size: int = typer.Option(128, help="Sequences per step."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
+    seed: int = typer.Option(0, help="Seed for initialisation and data: same seed, same weights."),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
+) -> None:
+    """Train a toy transformer on TASK with fresh samples every step."""
+    from probekit.models.adapters import resolve_device
+    from probekit.models.train import TrainSettings
+    from probekit.models.train import train as run_train
+    from probekit.models.zoo import build_config
+    from probekit.plugins import PluginHost
+    from probekit.tasks import parse_params
+
+    host = PluginHost.default()
+    task_cls = host.tasks.get(task)
+    task_obj = task_cls(**parse_params(task_cls.Params, param))
+    config = build_config(model, task_obj.io, n_layers=layers, d_model=width, n_heads=heads,
+                          attention=attention, mlp=mlp, layernorm=layernorm)
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
+    with progress(f"train {task}", steps, "steps", enabled=not as_json) as update:
+        def on_step(step: int, loss: float) -> None:
+            if step % 10 == 0 or step == steps:
+                update(step, info=f"loss {loss:.4g}")
+
+        path = run_train(task_obj, config, settings, out, device=resolve_device(device), on_step=on_step)
+    from probekit.models.checkpoint import read
+
+    info = read(path).training
+    summary = {"checkpoint": str(path), "final_loss": info["final_loss"], "seconds": info["seconds"],
+               "steps_per_second": round(steps / max(info["seconds"], 1e-9), 1), "model": config.to_dict()}
+    if as_json:
+        print_json(summary)
+    else:
+        stderr_console().print(
+            f"saved [bold]{path}[/bold]: final loss {info['final_loss']:.4g} after {steps} steps "
+            f"({summary['steps_per_second']} steps/s); next: probekit cache --model toy:{path} --out <store.zarr>"
+        )

@@ -1,0 +1,110 @@
+"""Terminal tables and PNG figures of probe results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# baseline conditions shown next to the model's R², with their short labels
+BASELINE_LABELS = {"shuffled": "shuffled", "random_init": "random-init"}
+
+
+def results_table(results, site: str | None = None, title: str | None = None):
+    """A rich Table: one row per target, one column per layer; each cell shows the
+    model's held-out R² and, below it, the baselines'. The best layer is bold; a
+    result within 0.05 of its shuffled baseline is dimmed."""
+    from rich.table import Table
+
+    site = site or str(results.site.values[0])
+    r2 = results.r2.sel(site=site)
+    conds = [str(c) for c in results.condition.values]
+    shown = [c for c in conds if c in BASELINE_LABELS]
+    legend = f" (below: {' / '.join(BASELINE_LABELS[c] for c in shown)})" if shown else ""
+    table = Table(title=title or f"{results.attrs.get('hypothesis')} · site {site} · held-out R²{legend}",
+                  caption="bold: best layer · dim: within 0.05 of the shuffled baseline" if shown else None,
+                  show_lines=bool(shown))
+    table.add_column("target", style="cyan", no_wrap=True)
+    table.add_column("exp.\nlayer", justify="right")
+    for layer in results.layer.values:
+        table.add_column(f"L{int(layer)}", justify="right")
+    for t in results.target.values:
+        model = r2.sel(condition="model", target=t).values
+        best = int(np.nanargmax(model)) if np.isfinite(model).any() else -1
+        exp = int(results.expected_layer.sel(target=t))
+        cells = []
+        for li, val in enumerate(model):
+            if not np.isfinite(val):
+                cells.append("—")
+                continue
+            text = f"[bold]{val:.3f}[/bold]" if li == best else f"{val:.3f}"
+            shuf = r2.sel(condition="shuffled", target=t).values[li] if "shuffled" in conds else np.nan
+            if np.isfinite(shuf) and val - shuf < 0.05:
+                text = f"[dim]{text}[/dim]"
+            extra = [f"{r2.sel(condition=c, target=t).values[li]:.2f}" for c in shown]
+            cells.append(text + ("\n[dim]" + "/".join(extra) + "[/dim]" if extra else ""))
+        table.add_row(str(t), str(exp) if exp >= 0 else "", *cells)
+    return table
+
+
+def results_records(results) -> list[dict]:
+    """Flat records (one per condition × site × layer × target) for ``--json`` and CSV."""
+    df = results[["r2", "mse", "alpha", "n_rows"]].to_dataframe().reset_index()
+    recs = df.to_dict(orient="records")
+    for r in recs:
+        for k, v in list(r.items()):
+            if isinstance(v, (np.floating, float)):
+                r[k] = None if not np.isfinite(v) else float(v)
+            elif isinstance(v, np.integer):
+                r[k] = int(v)
+    return recs
+
+
+def results_json(results) -> str:
+    meta = {k: v for k, v in results.attrs.items()}
+    return json.dumps({"attrs": meta, "records": results_records(results)}, indent=2, default=str)
+
+
+def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
+    """PNG: R² against layer, one panel per target; model solid, random-init dashed, shuffled grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    site = site or str(results.site.values[0])
+    targets = [str(t) for t in results.target.values]
+    ncol = min(4, len(targets))
+    nrow = -(-len(targets) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False, sharex=True)
+    layers = results.layer.values
+    conds = [str(c) for c in results.condition.values]
+    style = {"model": dict(color="C0", lw=2, marker="o", label="trained model"),
+             "random_init": dict(color="C1", lw=1.5, ls="--", marker="s", ms=3, label="random init"),
+             "shuffled": dict(color="0.5", lw=1, ls=":", label="shuffled targets")}
+    for ax, t in zip(axes.flat, targets):
+        for c in conds:
+            y = results.r2.sel(site=site, condition=c, target=t).values
+            ax.plot(layers, y, **style[c])
+        exp = int(results.expected_layer.sel(target=t))
+        if exp >= 0:
+            ax.axvline(exp, color="C2", lw=0.8, alpha=0.6)
+        ax.set_title(t, fontsize=9)
+        ax.set_ylim(min(-0.1, float(np.nanmin(results.r2.sel(site=site, target=t).values)) - 0.05), 1.02)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(targets):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("layer (0 = embeddings)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out R²")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(conds), fontsize=8, frameon=False)
+    fig.suptitle(f"{results.attrs.get('hypothesis')} probes · site {site}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
