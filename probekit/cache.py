@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,10 +39,12 @@ class CacheRequest:
     random_init: bool = False
     batch_size: int = 256
     device: str = "cpu"
+    block: int | None = None  # samples per chunk; default sizes chunks near TARGET_CHUNK_BYTES
 
     def identity(self) -> dict:
-        """The fields that must match for a resume (not batch size or device)."""
-        d = dataclasses.asdict(self)
+        """The fields that must match for a resume (not batch size, device or block: a resumed
+        store keeps the block size it was created with)."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))  # as stored: tuples become lists
         return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "random_init")}
 
 
@@ -143,7 +146,9 @@ def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> 
 
 
 def _group_attrs(req: CacheRequest, adapter, T: int) -> dict:
-    block = sample_block(req.n_samples, T * adapter.d_model * np.dtype(req.dtype).itemsize)
+    block = req.block or sample_block(req.n_samples, T * adapter.d_model * np.dtype(req.dtype).itemsize)
+    if block < 1:
+        raise UsageError(f"block must be >= 1, got {block}")
     return adapter.provenance() | {
         "sites": list(req.sites),
         "dtype": req.dtype,

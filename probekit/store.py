@@ -38,6 +38,14 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _vlen_strings(ds):
+    """Store text as zarr v3 variable-length strings: fixed-width UTF-32 has no v3 specification."""
+    kinds = {name: v for name, v in ds.variables.items() if v.dtype.kind == "U"}
+    return ds.assign_coords({n: v.astype(object) for n, v in kinds.items() if n in ds.coords}).assign(
+        {n: v.astype(object) for n, v in kinds.items() if n not in ds.coords}
+    ) if kinds else ds
+
+
 class Store:
     """A probekit store at ``path`` (a directory ending in ``.zarr`` by convention)."""
 
@@ -65,7 +73,7 @@ class Store:
             store.remove()
         store.path.parent.mkdir(parents=True, exist_ok=True)
         with _quiet():
-            base.to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False)
+            _vlen_strings(base).to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False)
         store.consolidate()
         return store
 
@@ -104,13 +112,17 @@ class Store:
         return (self.path / group / "zarr.json").is_file()
 
     def dataset(self, group: str | None = None):
-        """The (lazy) xarray Dataset of the root or of a sub-group."""
+        """The (lazy) xarray Dataset of the root or of a sub-group.
+
+        Reads the metadata files themselves, never the consolidated copy, which can be
+        stale while a write is under way. (Users' plain ``xr.open_zarr`` gets the
+        consolidated metadata written when each command finishes.)
+        """
         import xarray as xr
 
         if group and not self.has_group(group):
             raise StoreError(f"{self.path} has no group {group!r}")
-        with _quiet():
-            return xr.open_zarr(self.path, group=group, consolidated=None, chunks=None)
+        return xr.open_zarr(self.path, group=group, consolidated=False, chunks=None)
 
     def array(self, name: str, group: str | None = None):
         """The zarr array ``name`` (for chunk-wise reads that bypass xarray)."""
@@ -198,7 +210,7 @@ class Store:
         """Write a results Dataset under ``probes/<hypothesis>/<run_id>``; returns the group path."""
         key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}"
         with _quiet():
-            ds.to_zarr(self.path, group=key, mode="w", zarr_format=3, consolidated=False)
+            _vlen_strings(ds).to_zarr(self.path, group=key, mode="w", zarr_format=3, consolidated=False)
         self.consolidate()
         return key
 

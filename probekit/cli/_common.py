@@ -23,7 +23,11 @@ def stdout_console():
 
 @contextlib.contextmanager
 def progress(description: str, total: int, unit: str = "it", *, enabled: bool = True) -> Iterator:
-    """A rich progress bar on stderr with rate and ETA; yields ``update(completed, **fields)``."""
+    """A rich progress bar on stderr with rate and ETA; yields ``update(completed, **fields)``.
+
+    The bar appears at the first update, so a command that fails while validating
+    its input prints only its one-line error.
+    """
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -32,19 +36,26 @@ def progress(description: str, total: int, unit: str = "it", *, enabled: bool = 
         TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=stderr_console(), disable=not enabled, transient=False) as bar:
-        task = bar.add_task(description, total=total, rate="", info="")
+    bar = Progress(*columns, console=stderr_console(), disable=not enabled)
+    task = bar.add_task(description, total=total, rate="", info="")
+    started = False
 
-        def update(completed: int, info: str = "", description: str | None = None, total: int | None = None):
-            t = bar.tasks[task]
-            speed = t.speed
-            rate = f"{speed:,.1f} {unit}/s" if speed else ""
-            kw = {"description": description} if description else {}
-            if total is not None:
-                kw["total"] = total
-            bar.update(task, completed=completed, rate=rate, info=info, **kw)
+    def update(completed: int, info: str = "", description: str | None = None, total: int | None = None):
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        speed = bar.tasks[task].speed
+        kw = {"description": description} if description else {}
+        if total is not None:
+            kw["total"] = total
+        bar.update(task, completed=completed, rate=f"{speed:,.1f} {unit}/s" if speed else "", info=info, **kw)
 
+    try:
         yield update
+    finally:
+        if started:
+            bar.stop()
 
 
 def parse_options(items: list[str] | None) -> dict:

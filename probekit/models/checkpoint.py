@@ -65,12 +65,13 @@ def read(path: str | os.PathLike) -> Checkpoint:
 
 def load_weights(model, path: str | os.PathLike) -> None:
     """Load safetensors weights into ``model``; a shape or key mismatch is a CheckpointError."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(Path(path) / WEIGHTS))
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from exc
 
 

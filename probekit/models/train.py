@@ -94,7 +94,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         sched.step()
-        value = float(loss)
+        value = float(loss.detach())
         if not np.isfinite(value):
             raise UsageError(f"training diverged at step {step} (loss {value}); lower --lr")
         running.append(value)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny trained toy model and a store cached from it (built once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from probekit.plugins import PluginHost
+
+TINY_TASK = {"dim": 3, "length": 10}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def host() -> PluginHost:
+    return PluginHost.default(pin=["rls"])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, host):
+    from probekit.models.train import TrainSettings, train
+    from probekit.models.zoo import build_config
+
+    task = host.tasks.get("lds")(**TINY_TASK)
+    config = build_config("softmax", task.io, n_layers=2, d_model=16, n_heads=2)
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return train(task, config, TrainSettings(steps=60, batch_size=32, seed=0), out)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, host, tiny_checkpoint):
+    from probekit.cache import CacheRequest, run_cache
+
+    out = tmp_path_factory.mktemp("stores") / "tiny.zarr"
+    req = CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(out), n_samples=120, seed=5, random_init=True,
+                       batch_size=50)
+    return run_cache(host, req).path

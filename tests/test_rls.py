@@ -1,0 +1,106 @@
+"""The rls hypothesis against independent computations: batch ridge per position, exact inverses."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+
+from probekit.errors import UsageError
+from probekit_rls import LDSTask, RLSHypothesis, neumann_iterates, rls_recursion
+
+
+@pytest.fixture(scope="module")
+def lds():
+    return LDSTask(dim=4, length=16).generate(20, seed=3)
+
+
+def test_rls_recursion_equals_batch_ridge_per_position(lds):
+    x, y = lds["x"].values.astype(float), lds["y"].values.astype(float)
+    lam = 1e-3
+    pred, precond, weights = rls_recursion(x, y, lam)
+    n, T, d = x.shape
+    for i in range(n):
+        for t in range(1, T):
+            ridge = Ridge(alpha=lam, fit_intercept=False, solver="cholesky").fit(x[i, :t], y[i, :t])
+            np.testing.assert_allclose(weights[i, t], ridge.coef_, atol=1e-6, rtol=1e-6)
+            np.testing.assert_allclose(pred[i, t], ridge.predict(x[i, t : t + 1])[0], atol=1e-6, rtol=1e-6)
+            R = x[i, :t].T @ x[i, :t] + lam * np.eye(d)
+            np.testing.assert_allclose(precond[i, t], np.linalg.solve(R, x[i, t]), rtol=1e-6, atol=1e-6 * np.abs(precond[i, t]).max())
+    # t = 0: no pairs yet, so W_0 = 0 and P_0 = I / lam
+    np.testing.assert_array_equal(pred[:, 0], 0.0)
+    np.testing.assert_allclose(precond[:, 0], x[:, 0] / lam)
+
+
+def test_rls_recovers_the_teacher(lds):
+    """With noise 0.01 and T >> D, W_T is the orthogonal teacher up to noise on typical sequences
+    (badly conditioned sequences, which excite some directions weakly, are estimated worse)."""
+    x, y = lds["x"].values.astype(float), lds["y"].values.astype(float)
+    _, _, weights = rls_recursion(x, y, 1e-3)
+    err = np.abs(weights[:, -1] - lds["teacher"].values).max(axis=(1, 2))
+    assert np.median(err) < 0.03
+
+
+def test_neumann_iterates_converge_to_the_preconditioned_input():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 40, 4))  # i.i.d. inputs: R_t well conditioned for t >= 20
+    lam = 1e-3
+    R = np.cumsum(np.einsum("nti,ntj->ntij", x, x), axis=1)
+    p = np.linalg.solve(R[:, 19:-1] + lam * np.eye(4), x[:, 20:, :, None])[..., 0]  # R_t sums tau < t
+    orders = [1, 2, 4, 16, 64, 256]
+    its = neumann_iterates(x, lam, orders)
+    errors = [np.abs(its[k][:, 20:] - p).max() / np.abs(p).max() for k in orders]
+    assert errors[0] > 0.1  # order 1 is far off, so convergence is not vacuous
+    assert errors[-1] < 1e-6, errors
+
+
+def test_neumann_error_never_grows_on_lds(lds):
+    """With c = 1 / lambda_max every eigen-component of the error shrinks: the error norm is monotone."""
+    x = lds["x"].values.astype(float)
+    _, precond, _ = rls_recursion(x, lds["y"].values.astype(float), 1e-3)
+    orders = [1, 2, 3, 4, 8, 32, 128]
+    its = neumann_iterates(x, 1e-3, orders)
+    err = np.stack([np.linalg.norm(its[k] - precond, axis=-1) for k in orders])  # [order, n, T]
+    assert (np.diff(err, axis=0) <= 1e-9 * err[:-1]).all()
+    assert (err[-1, :, 1:] < err[0, :, 1:]).all()  # strictly better from t = 1 (at t = 0, R = lam I: exact)
+
+
+def test_neumann_order_one_is_scaled_input(lds):
+    x = lds["x"].values.astype(float)
+    it = neumann_iterates(x, 1e-3, [1])[1]
+    ratio = it / x
+    np.testing.assert_allclose(ratio, ratio[..., :1] * np.ones_like(ratio), rtol=1e-9)
+
+
+def test_targets_dataset_masks_and_attrs(lds):
+    tds = RLSHypothesis(neumann_orders=3).targets(lds)
+    names = [v for v in tds.data_vars if not v.endswith("_mask")]
+    assert names == ["next_state", "current_state", "rls_pred", "precond", "rls_weights",
+                     "neumann_1", "neumann_2", "neumann_3"]
+    assert tds["rls_weights"].shape == (20, 16, 16)
+    assert not tds["rls_pred_mask"][:, 0].any() and tds["rls_pred_mask"][:, 1:].all()
+    assert not tds["precond_mask"][:, :4].any() and tds["precond_mask"][:, 4:].all()
+    assert tds["neumann_2"].attrs["expected_layer"] == 2
+    assert tds["next_state"].attrs["kind"] == "continuous"
+    np.testing.assert_array_equal(tds["next_state"].values, lds["y"].values)
+
+
+def test_rls_requires_regression_pairs(lds):
+    from probekit.errors import StoreError
+
+    with pytest.raises(StoreError, match="needs variables \\['y'\\]"):
+        RLSHypothesis().targets(lds.drop_vars("y"))
+    with pytest.raises(UsageError, match="lam > 0"):
+        RLSHypothesis(lam=0)
+
+
+def test_lds_task_is_seeded_and_orthogonal():
+    a = LDSTask(dim=3, length=5).generate(4, seed=1)
+    b = LDSTask(dim=3, length=5).generate(4, seed=1)
+    c = LDSTask(dim=3, length=5).generate(4, seed=2)
+    np.testing.assert_array_equal(a["x"].values, b["x"].values)
+    assert not np.array_equal(a["x"].values, c["x"].values)
+    W = a["teacher"].values.astype(float)
+    np.testing.assert_allclose(W @ W.transpose(0, 2, 1), np.broadcast_to(np.eye(3), W.shape), atol=1e-6)
+    np.testing.assert_array_equal(a["x"].values[:, 1:], a["y"].values[:, :-1])
+    assert a.attrs["task"] == "lds" and a.attrs["task_params"]["dim"] == 3 and a.attrs["seed"] == 1
+    with pytest.raises(UsageError, match="choose from: clip, dim, length, sigma"):
+        LDSTask(dimension=3)

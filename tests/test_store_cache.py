@@ -1,0 +1,170 @@
+"""Stores and caching: layout, provenance, resume, refusal of mismatches, locks, overflow, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from probekit import schema
+from probekit.cache import CacheRequest, run_cache
+from probekit.errors import DataError, StoreError, StoreLockedError
+from probekit.store import Store
+
+
+def test_plain_xarray_sees_named_dims_and_provenance(tiny_store):
+    code = (f"import xarray as xr; ds = xr.open_zarr({str(tiny_store)!r}); "
+            "import json; print(json.dumps({'dims': dict(ds.sizes), 'attrs': ds.attrs, 'resid': list(ds.resid.dims)},"
+            " default=str))")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["resid"] == ["sample", "layer", "pos", "feature"]
+    assert out["dims"]["sample"] == 120 and out["dims"]["layer"] == 3 and out["dims"]["pos"] == 10
+    for key in schema.REQUIRED_ATTRS:
+        assert key in out["attrs"], key
+    attrs = out["attrs"]
+    assert attrs["task"] == "lds" and attrs["task_params"]["dim"] == 3 and attrs["seed"] == 5
+    assert attrs["model_spec"].startswith("toy:") and len(attrs["model_hash"]) == 64
+    assert attrs["dtype"] == "float16" and attrs["sites"] == ["resid"]
+
+
+def test_store_validates_and_chunks_are_one_layer_of_one_block(tiny_store):
+    store = Store.open(tiny_store)
+    ds = store.dataset()
+    assert schema.validate_store(ds) == []
+    arr = store.array("resid")
+    assert arr.chunks == (store.attrs()[schema.BLOCK_ATTR], 1, 10, 16)
+    assert store.is_complete() and store.is_complete(schema.RANDOM_INIT_GROUP)
+    rand = store.dataset(schema.RANDOM_INIT_GROUP)
+    assert rand.attrs["random_init"] is True and rand.attrs["model_hash"] != ds.attrs["model_hash"]
+    assert not np.allclose(rand.resid.values[:, 1:], ds.resid.values[:, 1:])
+
+
+def test_cached_activations_equal_a_bare_forward_pass(tiny_store, tiny_checkpoint, host):
+    from probekit.models.adapters import load_adapter
+
+    ds = Store.open(tiny_store).dataset()
+    adapter = load_adapter(host, f"toy:{tiny_checkpoint}")
+    acts, out = adapter.run(ds.x.values[:7], ["resid"])
+    np.testing.assert_allclose(ds.resid.values[:7], acts["resid"].astype(np.float16))
+    np.testing.assert_allclose(ds.model_out.values[:7], out, rtol=1e-6)
+
+
+def _req(ckpt, out, **kw):
+    return CacheRequest(model=f"toy:{ckpt}", out=str(out), n_samples=90, seed=2, batch_size=30, block=40, **kw)
+
+
+def test_interrupted_cache_resumes_to_the_same_result(tmp_path, host, tiny_checkpoint, monkeypatch):
+    from probekit import cache as cache_mod
+
+    full = run_cache(host, _req(tiny_checkpoint, tmp_path / "full.zarr"))
+    block = full.attrs()[schema.BLOCK_ATTR]
+    assert block < 90  # several blocks, so the interruption falls between them
+
+    calls = {"n": 0}
+    real_mark = Store.mark_block_done
+
+    def crash_after_first(self, index, group=None):
+        real_mark(self, index, group)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "mark_block_done", crash_after_first)
+    part_path = tmp_path / "part.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        run_cache(host, _req(tiny_checkpoint, part_path))
+    assert not Store(part_path).is_complete()
+    assert not Store(part_path).lock_path.exists()  # the lock is released on interruption
+    monkeypatch.setattr(Store, "mark_block_done", real_mark)
+
+    written = []
+    monkeypatch.setattr(cache_mod.Store, "write_block",
+                        lambda self, name, start, data, group=None, _w=Store.write_block: (written.append(start),
+                                                                                          _w(self, name, start, data, group)))
+    resumed = run_cache(host, _req(tiny_checkpoint, part_path))
+    assert 0 not in written  # block 0 was not recomputed
+    a, b = full.dataset(), resumed.dataset()
+    np.testing.assert_array_equal(a.resid.values, b.resid.values)
+    np.testing.assert_array_equal(a.model_out.values, b.model_out.values)
+
+
+def test_a_different_request_is_refused_saying_what_differs(tmp_path, host, tiny_checkpoint):
+    path = tmp_path / "s.zarr"
+    run_cache(host, _req(tiny_checkpoint, path))
+    before = Store.open(path).dataset().resid.values.copy()
+    with pytest.raises(StoreError, match=r"seed: store has 2, asked for 3"):
+        run_cache(host, CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(path), n_samples=90, seed=3))
+    np.testing.assert_array_equal(Store.open(path).dataset().resid.values, before)  # untouched
+    run_cache(host, CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(path), n_samples=90, seed=3), overwrite=True)
+    assert Store.open(path).attrs()["seed"] == 3
+
+
+def test_a_second_writer_is_refused(tmp_path, host, tiny_checkpoint):
+    path = tmp_path / "locked.zarr"
+    with Store(path).lock():
+        with pytest.raises(StoreLockedError, match="being written by another process"):
+            run_cache(host, _req(tiny_checkpoint, path))
+    run_cache(host, _req(tiny_checkpoint, path))  # released: now it works
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, host, tiny_checkpoint):
+    import socket
+
+    path = tmp_path / "stale.zarr"
+    Store(path).lock_path.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    run_cache(host, _req(tiny_checkpoint, path))
+    assert Store(path).is_complete()
+
+
+def test_float16_overflow_is_reported_per_site(tmp_path, host, tiny_checkpoint):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    big = tmp_path / "big"
+    shutil.copytree(tiny_checkpoint, big)
+    state = load_file(str(big / "model.safetensors"))
+    state["embed.weight"] = state["embed.weight"] * 1e6
+    save_file(state, str(big / "model.safetensors"))
+    with pytest.raises(DataError, match=r"site 'resid' overflows float16 at layer 0.*--dtype float32"):
+        run_cache(host, _req(big, tmp_path / "o.zarr"))
+    store = run_cache(host, _req(big, tmp_path / "o32.zarr", dtype="float32"), overwrite=True)
+    assert np.isfinite(store.dataset().resid.values).all()
+
+
+def test_bad_stores_give_clear_errors(tmp_path):
+    with pytest.raises(StoreError, match="no store at"):
+        Store.open(tmp_path / "missing.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a zarr v3 store"):
+        Store.open(tmp_path / "plain")
+    xr.Dataset({"a": ("x", [1, 2])}).to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
+    with pytest.raises(StoreError, match="not a probekit store"):
+        Store.open(tmp_path / "other.zarr")
+    with pytest.raises(StoreError, match="refusing to delete"):
+        Store(tmp_path / "plain").remove()
+
+
+def test_checkpoints_are_safetensors_and_training_is_deterministic(tmp_path, host):
+    from probekit.models import checkpoint
+    from probekit.models.toy import ToyTransformer
+    from probekit.models.train import TrainSettings, train
+    from probekit.models.zoo import build_config
+
+    task = host.tasks.get("lds")(dim=2, length=6)
+    cfg = build_config("linear", task.io, d_model=8, n_heads=2)
+    hashes = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        path = train(task, cfg, TrainSettings(steps=5, batch_size=8, seed=seed), tmp_path / name)
+        assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+        model = ToyTransformer(checkpoint.read(path).config)
+        checkpoint.load_weights(model, path)
+        hashes.append(checkpoint.weights_hash(model))
+    assert hashes[0] == hashes[1] != hashes[2]
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"not safetensors")
+    from probekit.errors import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        checkpoint.load_weights(ToyTransformer(cfg), tmp_path / "a")
