@@ -15,6 +15,7 @@ def results_table(results, site: str | None = None, title: str | None = None):
     """A rich Table: one row per target, one column per layer; each cell shows the
     model's held-out R² and, below it, the baselines'. The best layer is bold; a
     result within 0.05 of its shuffled baseline is dimmed."""
+    from rich import box
     from rich.table import Table
 
     site = site or str(results.site.values[0])
@@ -24,11 +25,11 @@ def results_table(results, site: str | None = None, title: str | None = None):
     legend = f" (below: {' / '.join(BASELINE_LABELS[c] for c in shown)})" if shown else ""
     table = Table(title=title or f"{results.attrs.get('hypothesis')} · site {site} · held-out R²{legend}",
                   caption="bold: best layer · dim: within 0.05 of the shuffled baseline" if shown else None,
-                  show_lines=bool(shown))
-    table.add_column("target", style="cyan", no_wrap=True)
-    table.add_column("exp.\nlayer", justify="right")
+                  show_lines=bool(shown), box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True)
+    table.add_column("target", style="cyan", no_wrap=True, min_width=13)
+    table.add_column("exp.", justify="right", no_wrap=True, min_width=4)
     for layer in results.layer.values:
-        table.add_column(f"L{int(layer)}", justify="right")
+        table.add_column(f"L{int(layer)}", justify="right", no_wrap=True, min_width=9)
     for t in results.target.values:
         model = r2.sel(condition="model", target=t).values
         best = int(np.nanargmax(model)) if np.isfinite(model).any() else -1
@@ -42,10 +43,15 @@ def results_table(results, site: str | None = None, title: str | None = None):
             shuf = r2.sel(condition="shuffled", target=t).values[li] if "shuffled" in conds else np.nan
             if np.isfinite(shuf) and val - shuf < 0.05:
                 text = f"[dim]{text}[/dim]"
-            extra = [f"{r2.sel(condition=c, target=t).values[li]:.2f}" for c in shown]
+            extra = [_short(r2.sel(condition=c, target=t).values[li]) for c in shown]
             cells.append(text + ("\n[dim]" + "/".join(extra) + "[/dim]" if extra else ""))
         table.add_row(str(t), str(exp) if exp >= 0 else "", *cells)
     return table
+
+
+def _short(v: float) -> str:
+    """Two decimals without a negative zero: baselines are read at a glance."""
+    return "nan" if not np.isfinite(v) else f"{0.0 if abs(v) < 0.005 else v:.2f}"
 
 
 def results_records(results) -> list[dict]:
@@ -100,8 +106,13 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
         ax.set_xlabel("layer (0 = embeddings)")
     for ax in axes[:, 0]:
         ax.set_ylabel("held-out R²")
+    from matplotlib.lines import Line2D
+
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(conds), fontsize=8, frameon=False)
+    if (results.expected_layer >= 0).any():
+        handles.append(Line2D([], [], color="C2", lw=0.8, alpha=0.6))
+        labels.append("expected layer")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"{results.attrs.get('hypothesis')} probes · site {site}", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
