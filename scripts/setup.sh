@@ -10,7 +10,11 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 fi
-pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip_install() {  # quiet unless it fails; then show pip's log
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >.venv/pip.log 2>&1; then
+    cat .venv/pip.log; echo "set-up failed: pip install $*" >&2; exit 1
+  fi
+}
 # shellcheck disable=SC2086
 .venv/bin/python -c "import torch" 2>/dev/null || pip_install ${TORCH_SPEC:-torch==2.13.0}
 pip_install -e ".[test]"

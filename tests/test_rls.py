@@ -73,7 +73,7 @@ def test_neumann_order_one_is_scaled_input(lds):
 def test_targets_dataset_masks_and_attrs(lds):
     tds = RLSHypothesis(neumann_orders=3).targets(lds)
     names = [v for v in tds.data_vars if not v.endswith("_mask")]
-    assert names == ["next_state", "current_state", "rls_pred", "precond", "rls_weights",
+    assert names == ["next_state", "current_state", "rls_pred", "precond", "precond_dir", "rls_weights",
                      "neumann_1", "neumann_2", "neumann_3"]
     assert tds["rls_weights"].shape == (20, 16, 16)
     assert not tds["rls_pred_mask"][:, 0].any() and tds["rls_pred_mask"][:, 1:].all()
@@ -81,6 +81,9 @@ def test_targets_dataset_masks_and_attrs(lds):
     assert tds["neumann_2"].attrs["expected_layer"] == 2
     assert tds["next_state"].attrs["kind"] == "continuous"
     np.testing.assert_array_equal(tds["next_state"].values, lds["y"].values)
+    d, p = tds["precond_dir"].values, tds["precond"].values
+    np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.einsum("nti,nti->nt", d, p), np.linalg.norm(p, axis=-1), rtol=1e-12)
 
 
 def test_rls_requires_regression_pairs(lds):

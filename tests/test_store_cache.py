@@ -42,10 +42,11 @@ def test_store_validates_and_chunks_are_one_layer_of_one_block(tiny_store):
 
 
 def test_cached_activations_equal_a_bare_forward_pass(tiny_store, tiny_checkpoint, host):
-    from probekit.models.adapters import load_adapter
+    from probekit.models.adapters import ModelAdapter, load_adapter
 
     ds = Store.open(tiny_store).dataset()
     adapter = load_adapter(host, f"toy:{tiny_checkpoint}")
+    assert isinstance(adapter, ModelAdapter)
     acts, out = adapter.run(ds.x.values[:7], ["resid"])
     np.testing.assert_allclose(ds.resid.values[:7], acts["resid"].astype(np.float16))
     np.testing.assert_allclose(ds.model_out.values[:7], out, rtol=1e-6)

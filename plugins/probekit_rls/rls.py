@@ -7,6 +7,9 @@ the query. With R_t = sum_{tau<t} x_tau x_tau^T + lam I:
   W_t = (sum_{tau<t} y_tau x_tau^T) R_t^{-1}; defined for t >= 1.
 * ``precond``     = p_t = R_t^{-1} x_t, the preconditioned input; defined once R_t
   has full rank without the ridge (t >= D), since before that it is scaled by 1/lam.
+* ``precond_dir`` = p_t / ||p_t||, the direction of the preconditioned input. Its norm is
+  heavy-tailed (R_t is often badly conditioned on these sequences) and a LayerNorm model
+  cannot carry such a scale linearly, so the direction is the fairer test; t >= D.
 * ``rls_weights`` = vec(W_t), the RLS weight estimate; t >= D.
 * ``neumann_k``   = c sum_{j<k} (I - c R_t)^j x_t with c = 1 / lambda_max(R_t): the
   order-k truncated Neumann series for p_t, one linear-attention operation per term,
@@ -104,6 +107,8 @@ class RLSHypothesis(Hypothesis):
             Target("rls_pred", pred, np.broadcast_to(pos >= 1, (n, T)),
                    "RLS prediction W_t x_t from pairs tau < t"),
             Target("precond", precond, full_rank, "preconditioned input (sum x x^T + lam I)^-1 x_t"),
+            Target("precond_dir", precond / np.linalg.norm(precond, axis=-1, keepdims=True), full_rank,
+                   "direction of the preconditioned input p_t / |p_t|"),
             Target("rls_weights", weights.reshape(n, T, -1), full_rank, "RLS weight estimate vec(W_t)"),
         ]
         orders = list(range(1, self.neumann_orders + 1))

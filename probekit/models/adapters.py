@@ -13,10 +13,40 @@ registry (``toy`` is built in; plugins add more). An adapter exposes:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from probekit.errors import UnknownNameError, UsageError
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """What ``probekit cache`` needs of a model. Register the class under a spec scheme."""
+
+    spec: str
+
+    @classmethod
+    def load(cls, rest: str, *, random_init: bool = False, device: str = "cpu") -> "ModelAdapter":
+        """Load the model named by the part of the spec after ``<scheme>:``."""
+
+    @property
+    def sites(self) -> dict[str, int]:
+        """Site name -> number of layers it has."""
+
+    @property
+    def d_model(self) -> int:
+        """Feature size of every site."""
+
+    @property
+    def d_out(self) -> int:
+        """Size of the model output at each position."""
+
+    def run(self, inputs: np.ndarray, sites: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Activations ``{site: [batch, layer, pos, feature]}`` and outputs ``[batch, pos, d_out]``."""
+
+    def provenance(self) -> dict:
+        """Store attributes: model_spec, model_hash, device, torch_version, random_init, ..."""
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
