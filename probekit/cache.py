@@ -42,10 +42,11 @@ class CacheRequest:
     block: int | None = None  # samples per chunk; default sizes chunks near TARGET_CHUNK_BYTES
 
     def identity(self) -> dict:
-        """The fields that must match for a resume (not batch size, device or block: a resumed
-        store keeps the block size it was created with)."""
+        """The fields that must match for a resume. Not batch size, device or block (a resumed
+        store keeps the block size it was created with), nor random_init: the random-init
+        group can be added to a finished store later."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))  # as stored: tuples become lists
-        return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "random_init")}
+        return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype")}
 
 
 def sample_block(n_samples: int, bytes_per_sample: int) -> int:

@@ -193,6 +193,9 @@ class Store:
         self.update_attrs({schema.MANIFEST_ATTR: sorted(done)}, group)
 
     def is_complete(self, group: str | None = None) -> bool:
+        """Whether every sample block of the root (or of ``group``) has been written."""
+        if group and not self.has_group(group):
+            return False
         attrs = self.attrs(group)
         n, block = attrs.get("n_samples"), attrs.get(schema.BLOCK_ATTR)
         if not n or not block:

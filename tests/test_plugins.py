@@ -27,15 +27,17 @@ class LastInput(Hypothesis):
         return [Target("prev_x", prev, mask, "x_{t-1}", expected_layer=1)]
 
 
-def third_party_plugin():
-    mod = types.ModuleType("probekit_lastinput")
-
-    @hookimpl
-    def probekit_register_hypotheses(register):
-        register("last-input", LastInput)
-
-    mod.probekit_register_hypotheses = probekit_register_hypotheses
+def make_plugin(name, **hooks):
+    """A plugin module named ``name`` implementing ``hooks`` (hook name -> function)."""
+    mod = types.ModuleType(name)
+    for hook, func in hooks.items():
+        setattr(mod, hook, hookimpl(func))
     return mod
+
+
+def third_party_plugin():
+    return make_plugin("probekit_lastinput",
+                       probekit_register_hypotheses=lambda register: register("last-input", LastInput))
 
 
 def test_third_party_plugin_is_listed_and_usable(tiny_store):
@@ -61,13 +63,7 @@ def test_managers_are_independent():
 
 
 def test_duplicate_names_are_rejected_naming_both_plugins():
-    clash = types.ModuleType("clashing_plugin")
-
-    @hookimpl
-    def probekit_register_hypotheses(register):
-        register("rls", LastInput)
-
-    clash.probekit_register_hypotheses = probekit_register_hypotheses
+    clash = make_plugin("clashing_plugin", probekit_register_hypotheses=lambda register: register("rls", LastInput))
     with pytest.raises(PluginError, match=r"'rls' is registered twice: by plugin '.*' and by plugin '.*'"):
         PluginHost(get_plugin_manager(pin=["rls"], plugins=[clash]))
 
@@ -91,13 +87,10 @@ def test_a_plugin_that_fails_to_import_warns_and_the_rest_works(monkeypatch):
 
 
 def test_a_plugin_that_raises_in_its_hook_is_a_plugin_error():
-    bad = types.ModuleType("bad_plugin")
-
-    @hookimpl
-    def probekit_register_tasks(register):
+    def boom(register):
         raise RuntimeError("boom")
 
-    bad.probekit_register_tasks = probekit_register_tasks
+    bad = make_plugin("bad_plugin", probekit_register_tasks=boom)
     with pytest.raises(PluginError, match="failed in probekit_register_tasks: RuntimeError: boom"):
         PluginHost(get_plugin_manager(entry_points=False, plugins=[bad]))
 

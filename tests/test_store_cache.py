@@ -102,6 +102,17 @@ def test_a_different_request_is_refused_saying_what_differs(tmp_path, host, tiny
     assert Store.open(path).attrs()["seed"] == 3
 
 
+def test_random_init_can_be_added_to_a_finished_store(tmp_path, host, tiny_checkpoint):
+    path = tmp_path / "r.zarr"
+    run_cache(host, _req(tiny_checkpoint, path))
+    before = Store.open(path).dataset().resid.values.copy()
+    assert not Store(path).has_group(schema.RANDOM_INIT_GROUP)
+    store = run_cache(host, _req(tiny_checkpoint, path, random_init=True))
+    assert store.is_complete(schema.RANDOM_INIT_GROUP)
+    np.testing.assert_array_equal(store.dataset().resid.values, before)
+    assert xr.open_zarr(path, group=schema.RANDOM_INIT_GROUP).resid.shape == before.shape
+
+
 def test_a_second_writer_is_refused(tmp_path, host, tiny_checkpoint):
     path = tmp_path / "locked.zarr"
     with Store(path).lock():
