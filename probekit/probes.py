@@ -64,6 +64,47 @@ class FoldStats:
         z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=self.device)  # noqa: E731
         self.xtx, self.xty, self.sx, self.sy, self.yy, self.n = z(K, F, F), z(K, F, k), z(K, F), z(K, k), z(K, k), z(K)
 
+    FIELDS = ("xtx", "xty", "sx", "sy", "yy", "n")
+
+    def set_shift(self, x_shift, y_shift) -> "FoldStats":
+        """Fix the reference row subtracted before accumulating (needed when statistics
+        accumulated separately, e.g. on dask workers, are summed)."""
+        torch = _torch()
+        self.x_shift = torch.as_tensor(np.asarray(x_shift), dtype=torch.float64, device=self.device)
+        self.y_shift = torch.as_tensor(np.asarray(y_shift), dtype=torch.float64, device=self.device)
+        return self
+
+    def merge(self, other: "FoldStats") -> "FoldStats":
+        """Add another accumulation of the same shape and shift into this one."""
+        torch = _torch()
+        if other.x_shift is None:
+            return self
+        if self.x_shift is None:
+            self.set_shift(other.x_shift.cpu().numpy(), other.y_shift.cpu().numpy())
+        elif not (torch.equal(self.x_shift.cpu(), other.x_shift.cpu()) and torch.equal(self.y_shift.cpu(), other.y_shift.cpu())):
+            raise DataError("cannot merge probe statistics accumulated with different shifts")
+        for name in self.FIELDS:
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        return self
+
+    def to_numpy(self) -> dict:
+        """Plain arrays (picklable, device-free): what a worker sends back."""
+        out = {name: getattr(self, name).cpu().numpy() for name in self.FIELDS}
+        out["x_shift"] = None if self.x_shift is None else self.x_shift.cpu().numpy()
+        out["y_shift"] = None if self.y_shift is None else self.y_shift.cpu().numpy()
+        return out
+
+    @classmethod
+    def from_numpy(cls, d: dict, device: str = "cpu") -> "FoldStats":
+        torch = _torch()
+        K, F, k = d["xty"].shape
+        stats = cls(K, F, k, device=device)
+        for name in cls.FIELDS:
+            setattr(stats, name, torch.as_tensor(d[name], device=device))
+        if d["x_shift"] is not None:
+            stats.set_shift(d["x_shift"], d["y_shift"])
+        return stats
+
     def add(self, x, y, fold) -> None:
         """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``."""
         torch = _torch()
@@ -148,6 +189,11 @@ class CVResult:
     n: int  # rows
     alpha: np.ndarray  # per column: alpha chosen by CV over all folds (for the final refit)
     alphas: np.ndarray  # the grid searched
+    # per outer fold j, the model scored on fold j (fitted without it, alpha chosen inside):
+    # predictions are (x - x_shift) @ fold_coef[j] + fold_intercept[j]  (intercept includes y_shift)
+    fold_coef: np.ndarray | None = None  # [K, F, k]
+    fold_intercept: np.ndarray | None = None  # [K, k]
+    x_shift: np.ndarray | None = None  # [F]
 
     def r2(self, cols=None) -> float:
         """Pooled out-of-fold R² over ``cols`` (variance-weighted across columns)."""
@@ -205,6 +251,8 @@ def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_
 
     held_out = torch.zeros(k_cols, dtype=torch.float64, device=stats.device)
     all_folds_sse = torch.zeros(len(alphas), k_cols, dtype=torch.float64, device=stats.device)
+    cols = torch.arange(k_cols, device=stats.device)
+    fold_coef, fold_intercept = [], []
     for j in range(K):
         sol = RidgeSolution.fit(_minus(everything, fold_stats(j)))
         outer = sol.sse(alphas, fold_stats(j))  # [A, k]
@@ -212,6 +260,9 @@ def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_
         inner_sse = sum(inner[(i, j)] for i in range(K) if i != j)
         pick = choose(inner_sse)
         held_out += outer.gather(0, pick[None])[0]
+        W, b = sol.coef(alphas)  # [A, F, k], [A, k]
+        fold_coef.append(W[pick, :, cols].T)  # column c from alpha pick[c] -> [F, k]
+        fold_intercept.append(b[pick, cols] + stats.y_shift)
     _, _, sx, sy, yy, n = everything
     sst = yy - sy * sy / n
     final_alpha = alphas[choose(all_folds_sse)]
@@ -221,6 +272,9 @@ def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_
         n=int(n),
         alpha=final_alpha.cpu().numpy(),
         alphas=alphas.cpu().numpy(),
+        fold_coef=torch.stack(fold_coef).cpu().numpy(),
+        fold_intercept=torch.stack(fold_intercept).cpu().numpy(),
+        x_shift=stats.x_shift.cpu().numpy(),
     )
 
 

@@ -8,9 +8,12 @@ Conditions, each probed the same way (nested, sample-grouped CV ridge):
 * ``random_init``: a random-initialised model of the same architecture, when the
   store holds one (``probekit cache --random-init``).
 
-Targets that share a mask share one Gram accumulation. Activations are read one
-(sample block, layer) chunk at a time, so memory stays bounded by one chunk plus
-the per-fold statistics.
+Per (condition, site, layer), pass 1 accumulates per-fold sufficient statistics one
+(sample block, layer) chunk at a time; targets that share a mask share them. Pass 2
+predicts every row with its outer fold's model and keeps per-sample and per-position
+sums (``probekit.scoring``): bootstrap CIs over samples, R² by position, cosine. Both
+passes are maps over blocks followed by a sum, so they run serially or on a dask
+cluster (``executor``) with the same result. Memory: one chunk plus O(folds·d²).
 """
 
 from __future__ import annotations
@@ -19,20 +22,22 @@ import datetime as _dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 
 import probekit
-from probekit import schema
+from probekit import schema, scoring
 from probekit.errors import StoreError, UnknownNameError, UsageError
 from probekit.hypotheses import MASK_SUFFIX, target_names
-from probekit.registry import construct
 from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, cross_validate, grouped_folds
+from probekit.registry import construct
 from probekit.store import Store
 
 CONDITIONS = ("model", "shuffled", "random_init")
-METRICS = ("r2", "mse", "alpha", "n_rows")
+BASELINES = ("shuffled", "random_init")
+METRICS = ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows")
 
 
 @dataclass
@@ -43,8 +48,69 @@ class ProbeSettings:
     sites: tuple[str, ...] | None = None  # default: every cached site
     targets: tuple[str, ...] | None = None  # default: every target of the hypothesis
     baselines: bool = True
+    n_boot: int = 1000  # bootstrap resamples of samples for the R² CI (0: no CI)
+    ci_level: float = 0.95
+    per_pos: bool = False  # also fit a separate probe at every position
     device: str = "cpu"
     options: dict = field(default_factory=dict)  # hypothesis options
+
+
+class SerialExecutor:
+    """Runs block jobs in this process."""
+
+    def map(self, fn: Callable, jobs: list[tuple]) -> list:
+        return [fn(*job) for job in jobs]
+
+
+class DaskExecutor:
+    """Runs block jobs on a dask.distributed cluster; each worker reads its own chunks."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def map(self, fn: Callable, jobs: list[tuple]) -> list:
+        futures = [self.client.submit(fn, *job, pure=False) for job in jobs]
+        return self.client.gather(futures)
+
+
+@lru_cache(maxsize=64)
+def _array(path: str, group: str | None, site: str, version: int):
+    """Open one activation array (cached per process; ``version`` is its metadata's mtime,
+    so a rewritten store is never read through a stale handle)."""
+    return Store(path).array(site, group)
+
+
+def _source(store: Store, group: str | None, site: str) -> tuple:
+    meta = store.path / (group or "") / site / "zarr.json"
+    return (str(store.path), group, site, meta.stat().st_mtime_ns)
+
+
+def _read(src: tuple, layer: int, s0: int, s1: int) -> np.ndarray:
+    """One chunk: activations ``[s1 - s0, pos, feature]`` of one layer, as float32."""
+    return np.asarray(_array(*src)[s0:s1, layer], dtype=np.float32)
+
+
+def accumulate_block(src, layer, s0, s1, mask, y, fold, n_folds, shift, per_pos, device="cpu") -> dict:
+    """Pass 1 on one block: fold statistics (pooled, and per position if asked) as numpy."""
+    acts = _read(src, layer, s0, s1)
+    F, k = acts.shape[-1], y.shape[-1]
+    pooled = FoldStats(n_folds, F, k, device=device).set_shift(*shift)
+    rows_fold = np.broadcast_to(fold[:, None], mask.shape)
+    pooled.add(acts[mask], y[mask], rows_fold[mask])
+    out = {"pooled": pooled.to_numpy()}
+    if per_pos:
+        out["per_pos"] = []
+        for t in range(mask.shape[1]):
+            st = FoldStats(n_folds, F, k, device=device).set_shift(*shift)
+            m = mask[:, t]
+            st.add(acts[m, t], y[m, t], fold[m])
+            out["per_pos"].append(st.to_numpy())
+    return out
+
+
+def score_block(src, layer, s0, s1, mask, y, fold, coef, intercept, x_shift, cols) -> list:
+    """Pass 2 on one block: held-out sums per target (``probekit.scoring.HeldOut``)."""
+    return scoring.block_held_out(_read(src, layer, s0, s1), mask, y, fold, coef, intercept, x_shift, cols)
 
 
 def _mask_groups(tds, names):
@@ -62,16 +128,14 @@ def _mask_groups(tds, names):
 
 
 def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None = None, *,
-              on_progress: Callable[[str, int, int], None] | None = None):
+              executor=None, on_progress: Callable[[str, int, int], None] | None = None):
     """Probe a store for ``hypothesis``; write and return ``(results Dataset, group key)``."""
-    import xarray as xr
-
     settings = settings or ProbeSettings()
+    executor = executor or SerialExecutor()
     store = Store.open(store_path)
     if not store.is_complete():
-        attrs = store.attrs()
         raise StoreError(
-            f"{store.path} is incomplete ({len(attrs.get(schema.MANIFEST_ATTR, []))} blocks cached); "
+            f"{store.path} is incomplete ({len(store.blocks_done())} blocks cached); "
             "rerun the same probekit cache command to resume it"
         )
     ds = store.dataset()
@@ -89,18 +153,21 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
         if s not in ds.attrs["sites"]:
             raise UnknownNameError("site", s, ds.attrs["sites"])
 
-    n = ds.sizes[schema.SAMPLE]
+    n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     folds = grouped_folds(n, settings.n_folds, settings.seed)
     perm = np.random.default_rng([settings.seed, 1]).permutation(n)
     conditions = ["model"]
     if settings.baselines:
         conditions.append("shuffled")
-        if store.has_group(schema.RANDOM_INIT_GROUP) and store.is_complete(schema.RANDOM_INIT_GROUP):
+        if store.is_complete(schema.RANDOM_INIT_GROUP):
             conditions.append("random_init")
+    weights = scoring.bootstrap_weights(n, settings.n_boot, settings.seed) if settings.n_boot else None
 
     n_layers = max(store.array(s).shape[1] for s in sites)
     shape = (len(conditions), len(sites), n_layers, len(names))
     out = {m: np.full(shape, np.nan) for m in METRICS}
+    r2_pos = np.full(shape + (T,), np.nan)
+    r2_per_pos = np.full(shape + (T,), np.nan) if settings.per_pos else None
     groups = _mask_groups(tds, names)
     values = {name: np.asarray(tds[name].values) for name in names}
     total = len(conditions) * sum(store.array(s).shape[1] for s in sites)
@@ -110,32 +177,95 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
         order = perm if cond == "shuffled" else np.arange(n)
         for si, site in enumerate(sites):
             arr = store.array(site, group)
-            block = arr.chunks[0]
+            src = _source(store, group, site)
+            blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
             for layer in range(arr.shape[1]):
                 for mask, members in groups:
-                    res = _probe_layer(arr, layer, block, mask, members, values, order, folds, settings)
-                    col_offset = 0
-                    for name in members:
-                        k = values[name].shape[-1]
-                        cols = slice(col_offset, col_offset + k)
-                        col_offset += k
-                        ti = names.index(name)
-                        out["r2"][ci, si, layer, ti] = res.r2(cols)
-                        out["mse"][ci, si, layer, ti] = res.mse(cols)
-                        out["alpha"][ci, si, layer, ti] = float(np.median(res.alpha[cols]))
-                        out["n_rows"][ci, si, layer, ti] = res.n
+                    m = mask & mask[order]
+                    y = np.concatenate([values[name][order] for name in members], axis=-1)
+                    ks = [values[name].shape[-1] for name in members]
+                    cols = [slice(a, a + k) for a, k in zip(np.cumsum([0] + ks[:-1]), ks)]
+                    res, held, per_pos = _probe_layer(executor, src, layer, blocks, m, y, folds, ks, cols,
+                                                      settings)
+                    for name, c, h in zip(members, cols, held):
+                        idx = (ci, si, layer, names.index(name))
+                        out["r2"][idx] = res.r2(c)
+                        out["mse"][idx] = res.mse(c)
+                        out["alpha"][idx] = float(np.median(res.alpha[c]))
+                        out["n_rows"][idx] = h.rows.sum()
+                        out["cosine"][idx] = scoring.mean_cosine(h)
+                        if weights is not None:
+                            out["r2_lo"][idx], out["r2_hi"][idx] = scoring.bootstrap_r2_ci(h, weights,
+                                                                                            settings.ci_level)
+                        r2_pos[idx] = scoring.r2_by_position(h)
+                        if per_pos is not None:
+                            r2_per_pos[idx] = [r.r2(c) if r is not None else np.nan for r in per_pos]
                 done += 1
                 if on_progress:
                     on_progress(f"{cond} {site}", done, total)
 
-    expected = [tds[nm].attrs.get("expected_layer", -1) for nm in names]
+    results = _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names, tds, values, T,
+                               hypothesis, hyp, store, settings)
+    key = store.write_results(results, hypothesis, _run_id(hypothesis, settings))
+    results.attrs["key"] = key
+    return results, key
+
+
+def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings):
+    """Both passes for one (condition, site, layer, mask group)."""
+    first = next((b for b in blocks if mask[b[0]:b[1]].any()), None)
+    if first is None:
+        raise UsageError("targets have no defined positions to probe")
+    s0, s1 = first  # the shift only needs to be common to all blocks, not exact
+    shift = (_read(src, layer, s0, s1)[mask[s0:s1]].astype(np.float64).mean(0),
+             y[s0:s1][mask[s0:s1]].astype(np.float64).mean(0))
+    parts = executor.map(accumulate_block, [
+        (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], settings.n_folds, shift, settings.per_pos, settings.device)
+        for a, b in blocks])
+    col_groups = np.repeat(np.arange(len(ks)), ks)
+    stats = _merge([p["pooled"] for p in parts], settings.device)
+    res = cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas)
+    per_pos = None
+    if settings.per_pos:
+        per_pos = []
+        for t in range(mask.shape[1]):
+            st = _merge([p["per_pos"][t] for p in parts], settings.device)
+            ok = float(st.n.min()) > 0 and int(st.n.sum()) > settings.n_folds
+            per_pos.append(cross_validate(st, col_groups=col_groups, rel_alphas=settings.rel_alphas) if ok else None)
+    held = executor.map(score_block, [
+        (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols)
+        for a, b in blocks])
+    return res, [scoring.concat([h[i] for h in held]) for i in range(len(cols))], per_pos
+
+
+def _merge(parts: list[dict], device: str) -> FoldStats:
+    total = FoldStats.from_numpy(parts[0], device)
+    for p in parts[1:]:
+        total.merge(FoldStats.from_numpy(p, device))
+    return total
+
+
+def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names, tds, values, T,
+                     hypothesis, hyp, store, settings):
+    import xarray as xr
+
     dims = ("condition", "site", schema.LAYER, "target")
-    results = xr.Dataset(
-        {m: (dims, out[m]) for m in METRICS},
+    data = {m: (dims, out[m]) for m in METRICS}
+    data["r2_pos"] = (dims + (schema.POS,), r2_pos, {"description": "held-out R² of the pooled probe at each position"})
+    if r2_per_pos is not None:
+        data["r2_per_pos"] = (dims + (schema.POS,), r2_per_pos, {"description": "R² of a probe fit per position"})
+    lo = out["r2_lo"][0]
+    hi_base = np.nanmax(out["r2_hi"][1:], axis=0) if len(conditions) > 1 else np.full_like(lo, -np.inf)
+    data["overlaps_baseline"] = (dims[1:], np.asarray(lo <= hi_base),
+                                 {"description": "the model's R² CI reaches a baseline's CI"})
+    expected = [tds[nm].attrs.get("expected_layer", -1) for nm in names]
+    return xr.Dataset(
+        data,
         coords={
             "condition": conditions,
             "site": sites,
             schema.LAYER: np.arange(n_layers),
+            schema.POS: np.arange(T),
             "target": names,
             "expected_layer": ("target", np.asarray(expected, dtype=np.int64)),
             "description": ("target", [tds[nm].attrs["description"] for nm in names]),
@@ -145,16 +275,13 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
             "hypothesis": hypothesis,
             "hypothesis_options": json.dumps(hyp.options),
             "store": str(store.path),
-            "probe": "ridge, nested sample-grouped CV (alpha chosen inside each training set), R² pooled "
-                     "over held-out folds and variance-weighted over target dims",
+            "probe": "ridge, nested sample-grouped CV (alpha chosen inside each training set); R² pooled over "
+                     "held-out folds, variance-weighted over target dims; CI: percentile bootstrap over samples",
             "settings": json.dumps({k: v for k, v in asdict(settings).items() if k != "options"}),
             "probekit_version": probekit.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    key = store.write_results(results, hypothesis, _run_id(hypothesis, settings))
-    results.attrs["key"] = key
-    return results, key
 
 
 def _run_id(hypothesis: str, settings: ProbeSettings) -> str:
@@ -163,22 +290,24 @@ def _run_id(hypothesis: str, settings: ProbeSettings) -> str:
     return f"{stamp}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
-def _probe_layer(arr, layer, block, mask, members, values, order, folds, settings):
-    """Accumulate fold statistics for one (site, layer, mask group) and cross-validate."""
-    n = arr.shape[0]
-    ks = [values[m].shape[-1] for m in members]
-    stats = FoldStats(settings.n_folds, arr.shape[-1], sum(ks), device=settings.device)
-    for s0 in range(0, n, block):
-        s1 = min(n, s0 + block)
-        acts = np.asarray(arr[s0:s1, layer], dtype=np.float32)  # [b, T, F]: one chunk
-        src = order[s0:s1]  # targets come from these samples (a permutation for the baseline)
-        m = mask[s0:s1] & mask[src]
-        if not m.any():
-            continue
-        y = np.concatenate([values[name][src][m] for name in members], axis=-1)
-        fold = np.broadcast_to(folds[s0:s1, None], m.shape)[m]
-        stats.add(acts[m], y, fold)
-    col_groups = np.repeat(np.arange(len(members)), ks)
-    if float(stats.n.sum()) == 0:
-        raise UsageError(f"targets {members} have no defined positions to probe")
-    return cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas)
+def dask_executor(scheduler: str | None = None, workers: int = 2):
+    """A context manager yielding a :class:`DaskExecutor` on ``scheduler`` (an address), or on a
+    new local cluster of ``workers`` single-threaded processes."""
+    import contextlib
+
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("the dask path needs dask.distributed: pip install 'probekit-lab[dask]'") from None
+
+    @contextlib.contextmanager
+    def _ctx():
+        if scheduler:
+            with Client(scheduler) as client:
+                yield DaskExecutor(client)
+        else:
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                yield DaskExecutor(client)
+
+    return _ctx()

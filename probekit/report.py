@@ -12,26 +12,32 @@ BASELINE_LABELS = {"shuffled": "shuffled", "random_init": "random-init"}
 
 
 def results_table(results, site: str | None = None, title: str | None = None):
-    """A rich Table: one row per target, one column per layer; each cell shows the
-    model's held-out R² and, below it, the baselines'. The best layer is bold; a
-    result within 0.05 of its shuffled baseline is dimmed."""
+    """A rich Table: one row per target, one column per layer. Each cell shows the model's
+    held-out R² ± half its CI and, below, the baselines' R². The best layer is bold and its
+    alpha is listed; a result whose CI reaches a baseline's CI is dimmed and marked ``~``."""
     from rich import box
     from rich.table import Table
 
     site = site or str(results.site.values[0])
-    r2 = results.r2.sel(site=site)
+    sel = results.sel(site=site)
     conds = [str(c) for c in results.condition.values]
     shown = [c for c in conds if c in BASELINE_LABELS]
-    legend = f" (below: {' / '.join(BASELINE_LABELS[c] for c in shown)})" if shown else ""
+    legend = f" (below: ±CI, {' / '.join(BASELINE_LABELS[c] for c in shown)})" if shown else ""
+    has_ci = bool(np.isfinite(sel.r2_lo.values).any())
+    caption = ["bold: best layer, with its ridge α"]
+    if has_ci:
+        caption.append(f"±: half the {_level(results)} bootstrap CI over samples")
+    if shown and has_ci:
+        caption.append("~ dim: CI reaches a baseline's CI")
     table = Table(title=title or f"{results.attrs.get('hypothesis')} · site {site} · held-out R²{legend}",
-                  caption="bold: best layer · dim: within 0.05 of the shuffled baseline" if shown else None,
-                  show_lines=bool(shown), box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True)
+                  caption=" · ".join(caption), show_lines=bool(shown), box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True)
     table.add_column("target", style="cyan", no_wrap=True, min_width=13)
     table.add_column("exp.", justify="right", no_wrap=True, min_width=4)
     for layer in results.layer.values:
         table.add_column(f"L{int(layer)}", justify="right", no_wrap=True, min_width=9)
     for t in results.target.values:
-        model = r2.sel(condition="model", target=t).values
+        model = sel.r2.sel(condition="model", target=t).values
         best = int(np.nanargmax(model)) if np.isfinite(model).any() else -1
         exp = int(results.expected_layer.sel(target=t))
         cells = []
@@ -39,14 +45,30 @@ def results_table(results, site: str | None = None, title: str | None = None):
             if not np.isfinite(val):
                 cells.append("—")
                 continue
-            text = f"[bold]{val:.3f}[/bold]" if li == best else f"{val:.3f}"
-            shuf = r2.sel(condition="shuffled", target=t).values[li] if "shuffled" in conds else np.nan
-            if np.isfinite(shuf) and val - shuf < 0.05:
-                text = f"[dim]{text}[/dim]"
-            extra = [_short(r2.sel(condition=c, target=t).values[li]) for c in shown]
-            cells.append(text + ("\n[dim]" + "/".join(extra) + "[/dim]" if extra else ""))
+            text = f"{val:.3f}"
+            if li == best:
+                text = f"[bold]{text}[/bold]"
+            if shown and has_ci and bool(sel.overlaps_baseline.sel(target=t).values[li]):
+                text = f"[dim]~{text}[/dim]"
+            lines = [text]
+            lo, hi = (float(sel[v].sel(condition="model", target=t).values[li]) for v in ("r2_lo", "r2_hi"))
+            if np.isfinite(lo):
+                lines.append(f"[dim]±{(hi - lo) / 2:.3f}[/dim]")
+            if shown:
+                lines.append("[dim]" + "/".join(_short(sel.r2.sel(condition=c, target=t).values[li])
+                                                for c in shown) + "[/dim]")
+            if li == best:
+                lines.append(f"[dim]α {float(sel.alpha.sel(condition='model', target=t).values[li]):.0e}[/dim]")
+            cells.append("\n".join(lines))
         table.add_row(str(t), str(exp) if exp >= 0 else "", *cells)
     return table
+
+
+def _level(results) -> str:
+    try:
+        return f"{json.loads(results.attrs['settings'])['ci_level']:.0%}"
+    except (KeyError, ValueError, TypeError):
+        return "95%"
 
 
 def _short(v: float) -> str:
@@ -56,7 +78,8 @@ def _short(v: float) -> str:
 
 def results_records(results) -> list[dict]:
     """Flat records (one per condition × site × layer × target) for ``--json`` and CSV."""
-    df = results[["r2", "mse", "alpha", "n_rows"]].to_dataframe().reset_index()
+    cols = [v for v in ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows") if v in results]
+    df = results[cols].to_dataframe().reset_index()
     recs = df.to_dict(orient="records")
     for r in recs:
         for k, v in list(r.items()):
@@ -64,6 +87,9 @@ def results_records(results) -> list[dict]:
                 r[k] = None if not np.isfinite(v) else float(v)
             elif isinstance(v, np.integer):
                 r[k] = int(v)
+        if "overlaps_baseline" in results and r["condition"] == "model":
+            r["overlaps_baseline"] = bool(results.overlaps_baseline.sel(site=r["site"], layer=r["layer"],
+                                                                        target=r["target"]))
     return recs
 
 
@@ -93,6 +119,9 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
         for c in conds:
             y = results.r2.sel(site=site, condition=c, target=t).values
             ax.plot(layers, y, **style[c])
+            lo, hi = (results[v].sel(site=site, condition=c, target=t).values for v in ("r2_lo", "r2_hi"))
+            if np.isfinite(lo).any():
+                ax.fill_between(layers, lo, hi, color=style[c]["color"], alpha=0.2, lw=0)
         exp = int(results.expected_layer.sel(target=t))
         if exp >= 0:
             ax.axvline(exp, color="C2", lw=0.8, alpha=0.6)
@@ -117,5 +146,36 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_r2_by_position(results, path: str | Path, site: str | None = None, condition: str = "model",
+                        variable: str = "r2_pos") -> Path:
+    """PNG heatmaps (layer × position) of held-out R², one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    site = site or str(results.site.values[0])
+    data = results[variable].sel(site=site, condition=condition)
+    targets = [str(t) for t in results.target.values]
+    ncol = min(3, len(targets))
+    nrow = -(-len(targets) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.4 * nrow), squeeze=False)
+    for ax, t in zip(axes.flat, targets):
+        img = ax.imshow(data.sel(target=t).values, aspect="auto", origin="lower", vmin=0, vmax=1,
+                        cmap="viridis", interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("position", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+    for ax in axes.flat[len(targets):]:
+        ax.axis("off")
+    fig.colorbar(img, ax=axes, shrink=0.8, label="held-out R²")
+    what = "per-position probes" if variable == "r2_per_pos" else "pooled probe scored per position"
+    fig.suptitle(f"{results.attrs.get('hypothesis')} · {site} · {condition} · {what}", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

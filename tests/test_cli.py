@@ -33,9 +33,10 @@ def test_train_cache_probe(tmp_path, capsys, trained):
 
     code, out, err = cli(capsys, "probe", str(store), "--hypothesis", "rls", "--folds", "3")
     assert code == 0, err
-    assert "rls_pred" in out and "L2" in out and "shuffled / random-init" in out
-    png = tmp_path / "run.rls.png"
-    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "rls_pred" in out and "L2" in out and "random-init" in out and "±0." in out
+    for name in ("run.rls.png", "run.rls.pos.png"):
+        png = tmp_path / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     code, out, _ = cli(capsys, "probe", str(store), "-H", "rls", "--folds", "3", "-t", "rls_pred",
                        "-o", "neumann_orders=1", "--json")

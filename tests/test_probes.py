@@ -109,3 +109,42 @@ def test_nan_and_shape_errors():
         stats.add(np.array([[np.nan, 0, 0]]), np.zeros((1, 1)), np.zeros(1, int))
     with pytest.raises(DataError, match=r"\[rows, 3\]"):
         stats.add(np.zeros((2, 4)), np.zeros((2, 1)), np.zeros(2, int))
+
+
+def test_outer_fold_models_reproduce_the_cv_error():
+    """Pass 2 (predict each row with its outer fold's model) gives exactly the CV's held-out SSE."""
+    from probekit import scoring
+
+    X, Y, sample = make_rows(n_samples=40, T=6)
+    K = 4
+    folds = grouped_folds(40, K, seed=1)
+    res = cross_validate(accumulate(X, Y, folds[sample], K), col_groups=np.array([0, 1, 1]))
+    acts, y = X.reshape(40, 6, -1), Y.reshape(40, 6, -1)
+    mask = np.ones((40, 6), bool)
+    mask[:, 0] = False  # a mask the rows of the CV did not have: score only rows it had
+    held = scoring.block_held_out(acts, np.ones((40, 6), bool), y, folds, res.fold_coef, res.fold_intercept,
+                                  res.x_shift, [slice(0, 1), slice(1, 3)])
+    np.testing.assert_allclose(held[0].sse.sum(), res.sse[0], rtol=1e-9)
+    np.testing.assert_allclose(held[1].sse.sum(), res.sse[1:].sum(), rtol=1e-9)
+    assert scoring.pooled_r2(held[1]) == pytest.approx(res.r2(slice(1, 3)), rel=1e-9)
+    assert held[0].rows.sum() == 240 and held[0].pos_rows.tolist() == [40] * 6
+
+
+def test_statistics_merge_across_workers_equals_one_pass():
+    X, Y, sample = make_rows(n_samples=30, T=5)
+    fold = grouped_folds(30, 3)[sample]
+    one = accumulate(X, Y, fold, 3)
+    shift = (one.x_shift.numpy(), one.y_shift.numpy())
+    parts = [FoldStats(3, X.shape[1], Y.shape[1]).set_shift(*shift) for _ in range(3)]
+    for i, p in enumerate(parts):
+        sl = slice(i * 50, (i + 1) * 50)
+        p.add(X[sl], Y[sl], fold[sl])
+    merged = FoldStats.from_numpy(parts[0].to_numpy())
+    for p in parts[1:]:
+        merged.merge(FoldStats.from_numpy(p.to_numpy()))
+    a, b = cross_validate(one), cross_validate(merged)
+    np.testing.assert_allclose(a.sse, b.sse, rtol=1e-10)
+    other = FoldStats(3, X.shape[1], Y.shape[1]).set_shift(shift[0] + 1, shift[1])
+    other.add(X[:5], Y[:5], fold[:5])
+    with pytest.raises(DataError, match="different shifts"):
+        merged.merge(other)

@@ -29,7 +29,7 @@ def demo(
     from probekit.models.zoo import build_config
     from probekit.plugins import PluginHost
     from probekit.probing import run_probe
-    from probekit.report import plot_r2, results_table
+    from probekit.report import plot_r2, plot_r2_by_position, results_table
 
     err = stderr_console()
     host = PluginHost.default()
@@ -72,8 +72,11 @@ def demo(
                                  on_progress=lambda what, d, t: update(d, info=what, total=t))
     stdout_console().print(results_table(results))
     png = plot_r2(results, default_plot_path(store_path, "rls"))
+    heat = plot_r2_by_position(results, png.with_name(f"{png.stem}.pos{png.suffix}"))
     last = int(results.layer.values[-1])
     r2 = results.r2.sel(site="resid", layer=last, target="rls_pred")
-    line = ", ".join(f"{c} {float(r2.sel(condition=c)):.3f}" for c in results.condition.values)
+    ci = results.sel(site="resid", layer=last, target="rls_pred", condition="model")
+    line = f"model {float(ci.r2):.3f} [{float(ci.r2_lo):.3f}, {float(ci.r2_hi):.3f}]"
+    line += "".join(f", {c} {float(r2.sel(condition=c)):.3f}" for c in results.condition.values[1:])
     stdout_console().print(f"rls_pred at the last layer (L{last}): held-out R² {line}")
-    err.print(f"store: {store_path} (results in {key}) · plot: [bold]{png}[/bold]")
+    err.print(f"store: {store_path} (results in {key}) · plots: [bold]{png}[/bold], [bold]{heat}[/bold]")

@@ -26,34 +26,47 @@ def probe(
     folds: int = typer.Option(5, help="Cross-validation folds, grouped by sample."),
     seed: int = typer.Option(0, help="Seed of the folds and of the shuffled baseline."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Shuffled-target and random-init baselines."),
+    per_pos: bool = typer.Option(False, "--per-pos", help="Also fit a separate probe at every position."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of samples for R² CIs (0: none)."),
     device: str = typer.Option("cpu", help="Device of the probe arithmetic: cpu or cuda."),
+    dask: bool = typer.Option(False, "--dask", help="Sum per-chunk statistics on a dask cluster."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler (implies --dask)."),
+    workers: int = typer.Option(2, help="Worker processes of the local dask cluster."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: next to the store)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON records instead of a table."),
 ) -> None:
     """Probe every layer of STORE for the targets of a hypothesis; print a table and write a PNG."""
+    import contextlib
+
     from probekit.plugins import PluginHost
-    from probekit.probing import ProbeSettings, run_probe
-    from probekit.report import plot_r2, results_json, results_table
+    from probekit.probing import ProbeSettings, dask_executor, run_probe
+    from probekit.report import plot_r2, plot_r2_by_position, results_json, results_table
 
     host = PluginHost.default()
     settings = ProbeSettings(n_folds=folds, seed=seed, sites=tuple(site) if site else None,
-                             targets=tuple(target) if target else None, baselines=baselines,
-                             device=device, options=parse_options(option))
-    with progress(f"probe {hypothesis}", 1, "layers", enabled=not as_json) as update:
-        results, key = run_probe(host, store, hypothesis, settings,
+                             targets=tuple(target) if target else None, baselines=baselines, n_boot=n_boot,
+                             per_pos=per_pos, device=device, options=parse_options(option))
+    cluster = dask_executor(scheduler, workers) if (dask or scheduler) else contextlib.nullcontext(None)
+    with cluster as executor, progress(f"probe {hypothesis}", 1, "layers", enabled=not as_json) as update:
+        results, key = run_probe(host, store, hypothesis, settings, executor=executor,
                                  on_progress=lambda what, done, total: update(done, info=what, total=total))
     png = plot or default_plot_path(store, hypothesis)
+    pngs = []
     for s in results.site.values:
         path = png if len(results.site) == 1 else png.with_name(f"{png.stem}.{s}{png.suffix}")
-        plot_r2(results, path, site=str(s))
+        pngs.append(plot_r2(results, path, site=str(s)))
+        pngs.append(plot_r2_by_position(results, path.with_name(f"{path.stem}.pos{path.suffix}"), site=str(s)))
+        if per_pos:
+            pngs.append(plot_r2_by_position(results, path.with_name(f"{path.stem}.perpos{path.suffix}"),
+                                            site=str(s), variable="r2_per_pos"))
     if as_json:
         import json
 
         payload = json.loads(results_json(results))
-        payload["plot"] = str(png)
+        payload["plots"] = [str(p) for p in pngs]
         print_json(payload)
         return
     out = stdout_console()
     for s in results.site.values:
         out.print(results_table(results, site=str(s)))
-    stderr_console().print(f"results: {store}/{key} · plot: [bold]{png}[/bold]")
+    stderr_console().print(f"results: {store}/{key} · plots: " + ", ".join(f"[bold]{p}[/bold]" for p in pngs))

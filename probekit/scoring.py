@@ -1,0 +1,118 @@
+"""Held-out scores beyond the pooled R²: per sample (for bootstrap CIs), per position, cosine.
+
+After cross-validation, a second pass over the activations predicts every row with the
+model of its outer fold (fitted without that fold, alpha chosen inside), and keeps
+small per-sample and per-position sums. From them:
+
+* the pooled held-out R² (equal to the CV result; a test checks it),
+* a percentile bootstrap CI of R² over *samples* (whole sequences are resampled, so
+  positions of one sequence move together; the fits are held fixed, so the CI covers
+  the evaluation set's sampling variability, not refitting),
+* R² per context position (SST about each position's own mean),
+* mean cosine between predicted and true target vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class HeldOut:
+    """Per-sample and per-position held-out sums for the columns of one target."""
+
+    sse: np.ndarray  # [n_samples]   sum over rows and dims of squared error
+    sy: np.ndarray  # [n_samples, k] sum of y
+    syy: np.ndarray  # [n_samples, k] sum of y^2
+    rows: np.ndarray  # [n_samples]  rows (positions) probed
+    cos: np.ndarray  # [n_samples]   sum over rows of cos(pred, y)
+    pos_sse: np.ndarray  # [T]
+    pos_sy: np.ndarray  # [T, k]
+    pos_syy: np.ndarray  # [T, k]
+    pos_rows: np.ndarray  # [T]
+
+
+def predict_rows(acts: np.ndarray, fold: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
+                 x_shift: np.ndarray) -> np.ndarray:
+    """Held-out predictions ``[rows, k]`` for rows ``acts[rows, F]`` of outer folds ``fold[rows]``."""
+    x = acts.astype(np.float64) - x_shift
+    out = np.empty((x.shape[0], coef.shape[-1]))
+    for j in np.unique(fold):
+        sel = fold == j
+        out[sel] = x[sel] @ coef[j] + intercept[j]
+    return out
+
+
+def block_held_out(acts, mask, y, fold, coef, intercept, x_shift, cols) -> list[HeldOut]:
+    """Sums for one block of samples: ``acts[b, T, F]``, ``mask[b, T]``, ``y[b, T, k_all]``,
+    ``fold[b]``; ``cols`` lists the column slice of each target."""
+    b, T = mask.shape
+    sample_idx, pos_idx = np.nonzero(mask)
+    pred = predict_rows(acts[mask], fold[sample_idx], coef, intercept, x_shift)
+    true = y[mask].astype(np.float64)
+    out = []
+    for c in cols:
+        p, t = pred[:, c], true[:, c]
+        err = ((p - t) ** 2).sum(1)
+        norm = np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1)
+        cos = np.divide((p * t).sum(1), norm, out=np.zeros_like(norm), where=norm > 0)
+        k = t.shape[1]
+        per_s = lambda v: np.bincount(sample_idx, weights=v, minlength=b)  # noqa: E731
+        per_t = lambda v: np.bincount(pos_idx, weights=v, minlength=T)  # noqa: E731
+        out.append(HeldOut(
+            sse=per_s(err), sy=np.stack([per_s(t[:, d]) for d in range(k)], 1),
+            syy=np.stack([per_s(t[:, d] ** 2) for d in range(k)], 1),
+            rows=per_s(np.ones_like(err)), cos=per_s(cos),
+            pos_sse=per_t(err), pos_sy=np.stack([per_t(t[:, d]) for d in range(k)], 1),
+            pos_syy=np.stack([per_t(t[:, d] ** 2) for d in range(k)], 1), pos_rows=per_t(np.ones_like(err)),
+        ))
+    return out
+
+
+def concat(parts: list[HeldOut]) -> HeldOut:
+    """Join blocks: per-sample arrays concatenate (blocks in sample order), per-position ones add."""
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    add = lambda name: np.sum([getattr(p, name) for p in parts], axis=0)  # noqa: E731
+    return HeldOut(cat("sse"), cat("sy"), cat("syy"), cat("rows"), cat("cos"),
+                   add("pos_sse"), add("pos_sy"), add("pos_syy"), add("pos_rows"))
+
+
+def _r2(sse, sy, syy, rows):
+    """R² from sums (last axis of sy/syy = target dims), about the pooled mean."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sst = (syy - sy**2 / rows[..., None]).sum(-1)
+        return np.where(sst > 0, 1.0 - sse / sst, np.nan)
+
+
+def pooled_r2(h: HeldOut) -> float:
+    return float(_r2(h.sse.sum(), h.sy.sum(0), h.syy.sum(0), np.asarray(h.rows.sum())))
+
+
+def mean_cosine(h: HeldOut) -> float:
+    return float(h.cos.sum() / h.rows.sum())
+
+
+def r2_by_position(h: HeldOut) -> np.ndarray:
+    """R² at each position ``[T]`` (NaN where the target is undefined or constant)."""
+    return _r2(h.pos_sse, h.pos_sy, h.pos_syy, h.pos_rows)
+
+
+def bootstrap_weights(n_samples: int, n_boot: int, seed: int) -> np.ndarray:
+    """Multinomial resampling counts ``[n_boot, n_samples]`` (shared by every layer and target,
+    so comparisons between them are paired)."""
+    rng = np.random.default_rng([seed, 2])
+    return rng.multinomial(n_samples, np.full(n_samples, 1.0 / n_samples), size=n_boot).astype(np.float64)
+
+
+def bootstrap_r2_ci(h: HeldOut, weights: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the pooled R² over bootstrap resamples of samples."""
+    used = h.rows > 0
+    w = weights[:, used]
+    r2 = _r2(w @ h.sse[used], w @ h.sy[used], w @ h.syy[used], w @ h.rows[used])
+    r2 = r2[np.isfinite(r2)]
+    if r2.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(r2, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

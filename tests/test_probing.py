@@ -1,0 +1,117 @@
+"""Probe runs on stores: CIs, baselines, per-position scores, the dask path, bounded memory."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from probekit.hookspecs import hookimpl
+from probekit.hypotheses import Hypothesis, Target
+from probekit.plugins import PluginHost, get_plugin_manager
+from probekit.probing import ProbeSettings, run_probe
+
+
+class Noise(Hypothesis):
+    """Targets unrelated to anything the model sees."""
+
+    name = "noise"
+    requires = ("x",)
+
+    def compute(self, ds):
+        n, T = ds.sizes["sample"], ds.sizes["pos"]
+        rng = np.random.default_rng(0)
+        return [Target("noise", rng.standard_normal((n, T, 2)), np.ones((n, T), bool), "pure noise")]
+
+
+class NoisePlugin:
+    @hookimpl
+    def probekit_register_hypotheses(self, register):
+        register("noise", Noise)
+
+
+@pytest.fixture(scope="module")
+def noise_host():
+    return PluginHost(get_plugin_manager(pin=["rls"], plugins=[NoisePlugin()]))
+
+
+def test_noise_targets_give_zero_r2_and_are_flagged(tiny_store, noise_host):
+    """On pure noise every condition scores R² ~ 0 and the table flags the model as indistinguishable
+    from its baselines. (Held-out R² of a fitted probe is slightly *negative* on noise -- fitting
+    costs a little -- and the bootstrap holds the fits fixed, so its CI need not contain 0 exactly.)"""
+    res, _ = run_probe(noise_host, tiny_store, "noise", ProbeSettings(n_folds=3, n_boot=400))
+    r = res.sel(site="resid", target="noise")
+    assert np.all(np.abs(r.r2.values) < 0.02), r.r2.values
+    assert np.all(r.r2_hi.values - r.r2_lo.values < 0.05)
+    assert np.all(r.r2_lo.values <= r.r2.values) and np.all(r.r2.values <= r.r2_hi.values)
+    assert np.all(r.r2_hi.values < 0.02)  # no CI claims a positive R² on noise
+    assert res.overlaps_baseline.sel(site="resid", target="noise").values.all()
+
+
+def test_signal_has_a_tight_ci_and_per_position_scores(tiny_store, host):
+    res, _ = run_probe(host, tiny_store, "rls", ProbeSettings(n_folds=3, n_boot=300, per_pos=True,
+                                                              targets=("current_state", "rls_pred")))
+    cur = res.sel(site="resid", condition="model", target="current_state", layer=0)
+    assert float(cur.r2) > 0.99 and float(cur.r2_lo) > 0.98 and float(cur.r2_lo) <= float(cur.r2) <= float(cur.r2_hi)
+    assert float(cur.cosine) > 0.99
+    assert np.all(cur.r2_pos.values > 0.98) and np.all(cur.r2_per_pos.values > 0.98)
+    pred = res.sel(site="resid", condition="model", target="rls_pred", layer=0)
+    assert np.isnan(pred.r2_pos.values[0]) and np.isnan(pred.r2_per_pos.values[0])  # undefined at t = 0
+    shuffled = res.sel(site="resid", condition="shuffled", target="current_state", layer=0)
+    assert float(shuffled.r2_hi) < float(cur.r2_lo)
+
+
+def test_dask_path_equals_the_in_memory_path(tiny_store, host):
+    pytest.importorskip("distributed")
+    from probekit.probing import dask_executor
+
+    settings = ProbeSettings(n_folds=3, n_boot=200, targets=("current_state", "rls_pred", "precond"))
+    local, _ = run_probe(host, tiny_store, "rls", settings)
+    with dask_executor(workers=2) as executor:
+        remote, _ = run_probe(host, tiny_store, "rls", settings, executor=executor)
+    for var in ("r2", "r2_lo", "r2_hi", "mse", "cosine", "r2_pos"):
+        np.testing.assert_allclose(remote[var].values, local[var].values, rtol=1e-8, atol=1e-10, err_msg=var)
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import resource, sys, numpy as np, torch
+    torch.set_num_threads(1)
+    from probekit.cache import CacheRequest
+    from probekit.store import Store
+    from probekit.probing import ProbeSettings, run_probe
+    from probekit.plugins import PluginHost
+    from probekit import schema
+    host = PluginHost.default(pin=["rls"])
+    n, T, F, L = int(sys.argv[2]), 8, 512, 2
+    task = host.tasks.get("lds")(dim=2, length=T)
+    ds = task.generate(n, seed=0).assign_coords(layer=np.arange(L))
+    ds.attrs.update(probekit_format=1, probekit_version="test", created="now", n_samples=n, model_spec="toy:none",
+                    model_hash="0", sites=["resid"], dtype="float16", device="cpu", torch_version="0",
+                    sample_block=500, blocks_done=list(range(-(-n // 500))))
+    store = Store.create(sys.argv[1], ds)
+    store.create_activation("resid", (n, L, T, F), dtype="float16", block=500)
+    rng = np.random.default_rng(0)
+    for s0 in range(0, n, 500):
+        b = min(500, n - s0)
+        store.write_block("resid", s0, rng.standard_normal((b, L, T, F)).astype(np.float16))
+    store.consolidate()
+    del ds
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_probe(host, sys.argv[1], "rls", ProbeSettings(n_folds=3, n_boot=0, baselines=False,
+                                                      targets=("current_state",)))
+    print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def test_probe_memory_stays_bounded_as_the_store_grows(tmp_path):
+    """4x the samples (4x the activation bytes) must not grow peak memory by more than a chunk's worth."""
+    peaks = {}
+    for n in (1000, 4000):
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / f"m{n}.zarr"), str(n)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        peaks[n] = int(out[-1]) - int(out[-2])  # KiB of peak growth during the probe itself
+    activation_kib = {n: n * 2 * 8 * 512 * 2 // 1024 for n in peaks}
+    growth = peaks[4000] - peaks[1000]
+    assert activation_kib[4000] - activation_kib[1000] > 40_000  # 48 MB more data on disk...
+    assert growth < 12_000, (peaks, activation_kib)  # ...but the probe holds only a chunk at a time
