@@ -13,8 +13,10 @@ and test. Alpha is chosen *inside* the training folds (nested CV), per target.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Iterator
 
 import numpy as np
 
@@ -23,10 +25,29 @@ from probekit.errors import DataError, UsageError
 DEFAULT_REL_ALPHAS = tuple(10.0 ** np.arange(-6, 4))  # times trace(XᵀX)/(n·F)
 
 
+SMALL_GRAM = 256  # below this many features, solves run single-threaded (threads only add overhead)
+
+
 def _torch():
     import torch
 
     return torch
+
+
+@contextlib.contextmanager
+def _solver_threads(n_features: int, device: str) -> Iterator[None]:
+    """Run small CPU solves on one thread: for d < SMALL_GRAM a 2-thread eigh is up to 100x
+    slower when the cores are busy, and never faster."""
+    torch = _torch()
+    if n_features >= SMALL_GRAM or not str(device).startswith("cpu") or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def grouped_folds(n_samples: int, n_folds: int, seed: int = 0) -> np.ndarray:
@@ -216,6 +237,12 @@ def alpha_grid(stats: FoldStats, rel_alphas=DEFAULT_REL_ALPHAS):
 
 
 def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS) -> CVResult:
+    """Nested, sample-grouped CV of ridge for every column of Y at once (see :func:`_cross_validate`)."""
+    with _solver_threads(stats.n_features, stats.device):
+        return _cross_validate(stats, col_groups=col_groups, rel_alphas=rel_alphas)
+
+
+def _cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS) -> CVResult:
     """Nested, sample-grouped CV of ridge for every column of Y at once.
 
     For each outer fold j, alpha is chosen by an inner CV over the other folds
