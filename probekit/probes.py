@@ -64,7 +64,12 @@ def grouped_folds(n_samples: int, n_folds: int, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class FoldStats:
-    """Per-fold sufficient statistics of rows ``(x, y)`` for ridge regression."""
+    """Per-fold sufficient statistics of rows ``(x, y)`` for ridge regression.
+
+    Rows are shifted by a common point before accumulating (by default the mean of the
+    first batch; :meth:`set_shift` fixes it) so that centring the float64 sums later
+    does not cancel catastrophically.
+    """
 
     n_folds: int
     n_features: int
@@ -129,31 +134,36 @@ class FoldStats:
     def add(self, x, y, fold) -> None:
         """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``."""
         torch = _torch()
-        x = torch.as_tensor(x, device=self.device).to(torch.float64)
-        y = torch.as_tensor(y, device=self.device).to(torch.float64)
-        fold = torch.as_tensor(fold, device=self.device)
+        x = torch.tensor(np.asarray(x), dtype=torch.float64, device=self.device)  # always a fresh copy
+        y = torch.tensor(np.asarray(y), dtype=torch.float64, device=self.device)
+        fold = torch.as_tensor(np.asarray(fold, dtype=np.int64), device=self.device)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise DataError(f"probe inputs must be [rows, {self.n_features}], got {tuple(x.shape)}")
         if y.ndim != 2 or y.shape != (x.shape[0], self.n_targets):
             raise DataError(f"probe targets must be [{x.shape[0]}, {self.n_targets}], got {tuple(y.shape)}")
         if x.shape[0] == 0:
             return
-        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-            raise DataError("probe inputs or targets contain NaN or inf")
-        if self.x_shift is None:  # a reference row keeps the float64 sums well conditioned
+        if self.x_shift is None:  # a reference point keeps the float64 sums well conditioned
             self.x_shift, self.y_shift = x.mean(0), y.mean(0)
-        x, y = x - self.x_shift, y - self.y_shift
-        for k in range(self.n_folds):
-            sel = fold == k
-            if not bool(sel.any()):
-                continue
-            xk, yk = x[sel], y[sel]
-            self.xtx[k] += xk.T @ xk
-            self.xty[k] += xk.T @ yk
-            self.sx[k] += xk.sum(0)
-            self.sy[k] += yk.sum(0)
-            self.yy[k] += (yk * yk).sum(0)
-            self.n[k] += xk.shape[0]
+        x, y = x.sub_(self.x_shift), y.sub_(self.y_shift)  # in place: x, y are our float64 copies
+        order = torch.argsort(fold, stable=True)  # rows of one fold contiguous: slices, not copies
+        counts = torch.bincount(fold, minlength=self.n_folds).tolist()
+        x, y = x[order], y[order]
+        start = 0
+        for k, c in enumerate(counts):
+            if c:
+                xk, yk = x[start : start + c], y[start : start + c]
+                self.xtx[k] += xk.T @ xk
+                self.xty[k] += xk.T @ yk
+                self.sx[k] += xk.sum(0)
+                self.sy[k] += yk.sum(0)
+                self.yy[k] += (yk * yk).sum(0)
+                self.n[k] += c
+            start += c
+        # NaN/inf anywhere in the rows reaches these sums: checking them is O(F + k), not O(rows)
+        if not (torch.isfinite(self.sx).all() and torch.isfinite(self.yy).all()
+                and torch.isfinite(self.xtx.diagonal(dim1=1, dim2=2)).all()):
+            raise DataError("probe inputs or targets contain NaN or inf (or values too large to square)")
 
     def subset(self, folds) -> tuple:
         """Summed statistics ``(xtx, xty, sx, sy, yy, n)`` of the given folds."""

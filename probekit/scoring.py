@@ -52,23 +52,32 @@ def block_held_out(acts, mask, y, fold, coef, intercept, x_shift, cols) -> list[
     sample_idx, pos_idx = np.nonzero(mask)
     pred = predict_rows(acts[mask], fold[sample_idx], coef, intercept, x_shift)
     true = y[mask].astype(np.float64)
+    err_all = (pred - true) ** 2
+    norms = lambda a: np.sqrt(np.add.reduceat(a * a, starts, axis=1))  # noqa: E731
+    starts = [c.start for c in cols]
+    dot = np.add.reduceat(pred * true, starts, axis=1)  # [rows, n_targets]
+    nrm = norms(pred) * norms(true)
+    cos = np.divide(dot, nrm, out=np.zeros_like(dot), where=nrm > 0)
+    sse = np.add.reduceat(err_all, starts, axis=1)
+    ones = np.ones(len(sample_idx))
+    S = _segment_sum(sample_idx, b, np.concatenate([sse, cos, true, true**2, ones[:, None]], axis=1))
+    P = _segment_sum(pos_idx, T, np.concatenate([sse, true, true**2, ones[:, None]], axis=1))
+    n_t, k_all = len(cols), true.shape[1]
     out = []
-    for c in cols:
-        p, t = pred[:, c], true[:, c]
-        err = ((p - t) ** 2).sum(1)
-        norm = np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1)
-        cos = np.divide((p * t).sum(1), norm, out=np.zeros_like(norm), where=norm > 0)
-        k = t.shape[1]
-        per_s = lambda v: np.bincount(sample_idx, weights=v, minlength=b)  # noqa: E731
-        per_t = lambda v: np.bincount(pos_idx, weights=v, minlength=T)  # noqa: E731
-        out.append(HeldOut(
-            sse=per_s(err), sy=np.stack([per_s(t[:, d]) for d in range(k)], 1),
-            syy=np.stack([per_s(t[:, d] ** 2) for d in range(k)], 1),
-            rows=per_s(np.ones_like(err)), cos=per_s(cos),
-            pos_sse=per_t(err), pos_sy=np.stack([per_t(t[:, d]) for d in range(k)], 1),
-            pos_syy=np.stack([per_t(t[:, d] ** 2) for d in range(k)], 1), pos_rows=per_t(np.ones_like(err)),
-        ))
+    for i, c in enumerate(cols):
+        sy, syy = (slice(2 * n_t + c.start, 2 * n_t + c.stop), slice(2 * n_t + k_all + c.start, 2 * n_t + k_all + c.stop))
+        psy, psyy = (slice(n_t + c.start, n_t + c.stop), slice(n_t + k_all + c.start, n_t + k_all + c.stop))
+        out.append(HeldOut(sse=S[:, i], sy=S[:, sy], syy=S[:, syy], rows=S[:, -1], cos=S[:, n_t + i],
+                           pos_sse=P[:, i], pos_sy=P[:, psy], pos_syy=P[:, psyy], pos_rows=P[:, -1]))
     return out
+
+
+def _segment_sum(index: np.ndarray, size: int, values: np.ndarray) -> np.ndarray:
+    """``out[i] = values[index == i].sum(0)`` for i < size: one sparse indicator product."""
+    from scipy.sparse import csr_matrix
+
+    indicator = csr_matrix((np.ones(len(index)), (index, np.arange(len(index)))), shape=(size, len(index)))
+    return np.asarray(indicator @ values)
 
 
 def concat(parts: list[HeldOut]) -> HeldOut:
