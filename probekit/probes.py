@@ -134,9 +134,8 @@ class FoldStats:
     def add(self, x, y, fold) -> None:
         """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``."""
         torch = _torch()
-        x = torch.tensor(np.asarray(x), dtype=torch.float64, device=self.device)  # always a fresh copy
-        y = torch.tensor(np.asarray(y), dtype=torch.float64, device=self.device)
-        fold = torch.as_tensor(np.asarray(fold, dtype=np.int64), device=self.device)
+        x, y = (self._fresh64(a) for a in (x, y))  # our own float64 copies: shifted in place below
+        fold = torch.as_tensor(fold, device=self.device).long()
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise DataError(f"probe inputs must be [rows, {self.n_features}], got {tuple(x.shape)}")
         if y.ndim != 2 or y.shape != (x.shape[0], self.n_targets):
@@ -164,6 +163,12 @@ class FoldStats:
         if not (torch.isfinite(self.sx).all() and torch.isfinite(self.yy).all()
                 and torch.isfinite(self.xtx.diagonal(dim1=1, dim2=2)).all()):
             raise DataError("probe inputs or targets contain NaN or inf (or values too large to square)")
+
+    def _fresh64(self, a):
+        torch = _torch()
+        if isinstance(a, torch.Tensor):
+            return a.to(device=self.device, dtype=torch.float64, copy=True)
+        return torch.tensor(np.asarray(a), dtype=torch.float64, device=self.device)
 
     def subset(self, folds) -> tuple:
         """Summed statistics ``(xtx, xty, sx, sy, yy, n)`` of the given folds."""

@@ -148,3 +148,16 @@ def test_statistics_merge_across_workers_equals_one_pass():
     other.add(X[:5], Y[:5], fold[:5])
     with pytest.raises(DataError, match="different shifts"):
         merged.merge(other)
+
+
+def test_accepts_torch_tensors_and_leaves_inputs_untouched():
+    import torch
+
+    X, Y, sample = make_rows(n_samples=20, T=4)
+    fold = grouped_folds(20, 2)[sample]
+    Xt = torch.tensor(X)
+    a, b = FoldStats(2, X.shape[1], 3), FoldStats(2, X.shape[1], 3)
+    a.add(Xt, torch.tensor(Y), torch.tensor(fold))
+    b.add(X, Y, fold)
+    assert torch.equal(a.xtx, b.xtx)
+    assert torch.equal(Xt, torch.tensor(X))  # the in-place shift worked on a copy
