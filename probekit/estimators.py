@@ -83,8 +83,10 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
     intercept_ : float or ndarray of shape (n_targets,)
     alpha_ : float, or ndarray of shape (n_targets,) if ``alpha_per_target``
     alphas_ : ndarray of shape (n_alphas,) -- the absolute grid searched
-    cv_mse_ : ndarray of shape (n_alphas,) or (n_alphas, n_targets)
-        Pooled held-out mean squared error over all folds (total SSE / n_rows).
+    cv_mse_ : ndarray of shape (n_alphas,), or (n_alphas, n_targets) if ``alpha_per_target``
+        Pooled held-out mean squared error over all folds (total SSE / n_rows), averaged
+        over targets when they share one alpha (then it is computed for the target sum
+        directly, at a cost almost independent of the number of targets).
     best_score_ : float
         Out-of-fold R² at the chosen alpha(s), averaged uniformly over targets
         (``r2_score`` of the cross-validated predictions).
@@ -195,26 +197,35 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         sst = (yy - sy * sy / n_t).cpu().numpy()  # per target, about the pooled mean
 
         if K >= 2:
-            cv_sse = torch.zeros(A, k, dtype=torch.float64, device=self.device)
-            step = max(1, _SSE_BYTES // (8 * F * k))
-            for j in range(K):
-                test = tuple(a[j] for a in (stats.xtx, stats.xty, stats.sx, stats.sy, stats.yy, stats.n))
-                sol = RidgeSolution.fit(tuple(a - b for a, b in zip(total, test)))
-                for s in range(0, A, step):
-                    cv_sse[s : s + step] += sol.sse(alphas[s : s + step], test)
-            cv_sse = cv_sse.clamp_min(0).cpu().numpy()
-            best = cv_sse.argmin(0) if self.alpha_per_target else np.full(k, cv_sse.sum(1).argmin())
-            sse = cv_sse[best, np.arange(k)]
+            folds = [tuple(a[j] for a in (stats.xtx, stats.xty, stats.sx, stats.sy, stats.yy, stats.n))
+                     for j in range(K)]
+            sols = [RidgeSolution.fit(tuple(a - b for a, b in zip(total, test))) for test in folds]
+            if self.alpha_per_target:
+                cv_sse = torch.zeros(A, k, dtype=torch.float64, device=self.device)
+                step = max(1, _SSE_BYTES // (8 * F * k))
+                for sol, test in zip(sols, folds):
+                    for s in range(0, A, step):
+                        cv_sse[s : s + step] += sol.sse(alphas[s : s + step], test)
+                cv_sse = cv_sse.clamp_min(0).cpu().numpy()
+                best = cv_sse.argmin(0)
+                sse = cv_sse[best, np.arange(k)]
+                self.cv_mse_ = cv_sse / n
+            else:  # one shared alpha: score the target sum cheaply, then per target at that alpha only
+                one = torch.ones(1, k, dtype=torch.float64, device=self.device)
+                total_sse = sum(sol.sse_grouped(alphas, test, one) for sol, test in zip(sols, folds))[:, 0]
+                best = np.full(k, int(total_sse.argmin()))
+                chosen = alphas[best[:1]]
+                sse = sum(sol.sse(chosen, test) for sol, test in zip(sols, folds))[0].clamp_min(0).cpu().numpy()
+                self.cv_mse_ = total_sse.clamp_min(0).cpu().numpy() / (n * k)
             safe = np.where(sst > 0, sst, 1.0)  # a constant target scores 1 if fitted exactly, else 0
             r2 = np.where(sst > 0, 1.0 - sse / safe, np.where(sse > 0, 0.0, 1.0))
-            self.cv_mse_ = cv_sse / n
             self.best_score_ = float(r2.mean())
         else:
             warnings.warn(f"RidgeProbe: too few groups/rows ({n} rows) to cross-validate; "
                           f"fitting with the middle alpha of the grid ({float(alphas[A // 2]):.3g})",
                           ProbekitWarning, stacklevel=2)
             best = np.full(k, A // 2)
-            self.cv_mse_ = np.full((A, k), np.nan)
+            self.cv_mse_ = np.full((A, k) if self.alpha_per_target else (A,), np.nan)
             self.best_score_ = float("nan")
 
         # Refit on all rows with the chosen alpha(s); undo the reference-row shift.
@@ -230,7 +241,8 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         alpha = self.alphas_[best]
         if y.ndim == 1:
             self.coef_, self.intercept_ = coef[0], float(intercept[0])
-            self.cv_mse_ = self.cv_mse_[:, 0]
+            if self.cv_mse_.ndim == 2:
+                self.cv_mse_ = self.cv_mse_[:, 0]
             self.alpha_ = float(alpha[0])
         else:
             self.coef_, self.intercept_ = coef, intercept

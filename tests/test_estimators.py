@@ -73,7 +73,8 @@ def test_alpha_per_target_and_cv_scores():
     np.testing.assert_array_equal(probe.alpha_, probe.alphas_[probe.cv_mse_.argmin(0)])
     assert probe.alpha_[0] == probe.alphas_.min() and probe.alpha_[1] >= probe.alphas_[-3]
     joint = RidgeProbe().fit(X, Y, groups=groups)  # one alpha minimising the SSE summed over targets
-    assert joint.alpha_ == joint.alphas_[joint.cv_mse_.sum(1).argmin()]
+    assert joint.cv_mse_.shape == (len(joint.alphas_),)
+    assert joint.alpha_ == joint.alphas_[joint.cv_mse_.argmin()]
     assert probe.best_score_ < 0.6  # mean of ~1 and ~0
     np.testing.assert_allclose(probe.alphas_ / probe.alphas_[0], 10.0 ** np.arange(10))
 
@@ -166,4 +167,4 @@ def test_best_score_is_r2_of_cross_validated_predictions():
     probe = RidgeProbe(cv=GroupKFold(4)).fit(X, Y, groups=groups)
     pred = cross_val_predict(Ridge(alpha=probe.alpha_), X, Y, cv=GroupKFold(4), groups=groups)
     assert probe.best_score_ == pytest.approx(r2_score(Y, pred), rel=1e-9)
-    np.testing.assert_allclose(probe.cv_mse_[probe.alphas_ == probe.alpha_][0], ((pred - Y) ** 2).mean(0), rtol=1e-9)
+    np.testing.assert_allclose(probe.cv_mse_[probe.alphas_ == probe.alpha_][0], ((pred - Y) ** 2).mean(), rtol=1e-9)

@@ -161,3 +161,18 @@ def test_accepts_torch_tensors_and_leaves_inputs_untouched():
     b.add(X, Y, fold)
     assert torch.equal(a.xtx, b.xtx)
     assert torch.equal(Xt, torch.tensor(X))  # the in-place shift worked on a copy
+
+
+def test_grouped_sse_equals_summed_column_sse():
+    import torch
+
+    from probekit.probes import RidgeSolution
+
+    X, Y, sample = make_rows(n_samples=30, T=5, k=5)
+    stats = accumulate(X, Y, grouped_folds(30, 3)[sample], 3)
+    sol = RidgeSolution.fit(_train := stats.subset((1, 2)))
+    test = stats.subset((0,))
+    alphas = alpha_grid(stats)
+    onehot = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.float64)
+    np.testing.assert_allclose(sol.sse_grouped(alphas, test, onehot).numpy(),
+                               (sol.sse(alphas, test) @ onehot.T).numpy(), rtol=1e-9)
