@@ -4,7 +4,11 @@ Conditions, each probed the same way (nested, sample-grouped CV ridge):
 
 * ``model``: the cached model's activations against the hypothesis' targets;
 * ``shuffled``: the same activations against targets permuted across samples
-  (position kept), the floor any real signal must clear;
+  (position kept), ``n_perm`` permutations at once. Each is fitted and cross-validated
+  like the real targets, so the reported band (quantiles over permutations) is a null
+  distribution that includes the fit's own variability -- the floor any real signal
+  must clear. Permutations only swap samples with the same mask, so all of them share
+  the real targets' rows and Gram matrix and cost only extra target columns;
 * ``random_init``: a random-initialised model of the same architecture, when the
   store holds one (``probekit cache --random-init``).
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -49,6 +53,7 @@ class ProbeSettings:
     targets: tuple[str, ...] | None = None  # default: every target of the hypothesis
     baselines: bool = True
     n_boot: int = 1000  # bootstrap resamples of samples for the R² CI (0: no CI)
+    n_perm: int = 20  # target permutations forming the shuffled baseline's null band
     ci_level: float = 0.95
     per_pos: bool = False  # also fit a separate probe at every position
     device: str = "cpu"
@@ -155,7 +160,8 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
 
     n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     folds = grouped_folds(n, settings.n_folds, settings.seed)
-    perm = np.random.default_rng([settings.seed, 1]).permutation(n)
+    if settings.n_perm < 1:
+        raise UsageError("n_perm must be >= 1")
     conditions = ["model"]
     if settings.baselines:
         conditions.append("shuffled")
@@ -174,18 +180,20 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     done = 0
     for ci, cond in enumerate(conditions):
         group = schema.RANDOM_INIT_GROUP if cond == "random_init" else None
-        order = perm if cond == "shuffled" else np.arange(n)
         for si, site in enumerate(sites):
             arr = store.array(site, group)
             src = _source(store, group, site)
             blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
             for layer in range(arr.shape[1]):
-                for mask, members in groups:
-                    m = mask & mask[order]
-                    y = np.concatenate([values[name][order] for name in members], axis=-1)
+                for gi, (mask, members) in enumerate(groups):
                     ks = [values[name].shape[-1] for name in members]
-                    cols = [slice(a, a + k) for a, k in zip(np.cumsum([0] + ks[:-1]), ks)]
-                    res, held, per_pos = _probe_layer(executor, src, layer, blocks, m, y, folds, ks, cols,
+                    if cond == "shuffled":
+                        _shuffled_layer(out, (ci, si, layer), executor, src, layer, blocks, mask, members, values,
+                                        names, folds, settings, seed=[settings.seed, 1, gi])
+                        continue
+                    y = np.concatenate([values[name] for name in members], axis=-1)
+                    cols = _slices(ks)
+                    res, held, per_pos = _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols,
                                                       settings)
                     for name, c, h in zip(members, cols, held):
                         idx = (ci, si, layer, names.index(name))
@@ -211,8 +219,49 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     return results, key
 
 
-def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings):
-    """Both passes for one (condition, site, layer, mask group)."""
+def _slices(ks: list[int]) -> list[slice]:
+    starts = np.cumsum([0] + list(ks[:-1]))
+    return [slice(int(a), int(a + k)) for a, k in zip(starts, ks)]
+
+
+def stratified_permutations(mask: np.ndarray, n_perm: int, seed) -> list[np.ndarray]:
+    """``n_perm`` permutations of samples that only swap samples with identical mask rows,
+    so ``mask[perm] == mask`` and every permutation probes the same rows."""
+    rng = np.random.default_rng(seed)
+    _, stratum = np.unique(mask.reshape(len(mask), -1), axis=0, return_inverse=True)
+    perms = []
+    for _ in range(n_perm):
+        perm = np.arange(len(mask))
+        for s in np.unique(stratum):
+            idx = np.flatnonzero(stratum == s)
+            perm[idx] = rng.permutation(idx)
+        perms.append(perm)
+    return perms
+
+
+def _shuffled_layer(out, at, executor, src, layer, blocks, mask, members, values, names, folds, settings, seed):
+    """The permutation baseline for one mask group: every permutation's targets are extra
+    columns of one accumulation; R² is reported as the mean and quantile band over permutations."""
+    perms = stratified_permutations(mask, settings.n_perm, seed)
+    ks = [values[name].shape[-1] for name in members]
+    y = np.concatenate([values[name][p] for p in perms for name in members], axis=-1)
+    res = _probe_layer(executor, src, layer, blocks, mask, y, folds, ks * len(perms), _slices(ks * len(perms)),
+                       replace(settings, per_pos=False), score=False)[0]
+    cols = _slices(ks * len(perms))
+    q = ((1 - settings.ci_level) / 2, (1 + settings.ci_level) / 2)
+    for j, name in enumerate(members):
+        per = [cols[p * len(members) + j] for p in range(len(perms))]
+        r2 = np.array([res.r2(c) for c in per])
+        idx = at + (names.index(name),)
+        out["r2"][idx] = r2.mean()
+        out["r2_lo"][idx], out["r2_hi"][idx] = np.quantile(r2, q)
+        out["mse"][idx] = np.mean([res.mse(c) for c in per])
+        out["alpha"][idx] = float(np.median(np.concatenate([res.alpha[c] for c in per])))
+        out["n_rows"][idx] = res.n
+
+
+def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings, score=True):
+    """Both passes for one (condition, site, layer, mask group); ``score=False`` skips pass 2."""
     first = next((b for b in blocks if mask[b[0]:b[1]].any()), None)
     if first is None:
         raise UsageError("targets have no defined positions to probe")
@@ -232,6 +281,8 @@ def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, setting
             st = _merge([p["per_pos"][t] for p in parts], settings.device)
             ok = float(st.n.min()) > 0 and int(st.n.sum()) > settings.n_folds
             per_pos.append(cross_validate(st, col_groups=col_groups, rel_alphas=settings.rel_alphas) if ok else None)
+    if not score:
+        return res, None, per_pos
     held = executor.map(score_block, [
         (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols)
         for a, b in blocks])
@@ -276,7 +327,8 @@ def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names
             "hypothesis_options": json.dumps(hyp.options),
             "store": str(store.path),
             "probe": "ridge, nested sample-grouped CV (alpha chosen inside each training set); R² pooled over "
-                     "held-out folds, variance-weighted over target dims; CI: percentile bootstrap over samples",
+                     "held-out folds, variance-weighted over target dims; model CI: percentile bootstrap over "
+                     "samples (fits held fixed); shuffled: mean and quantile band over n_perm refitted permutations",
             "settings": json.dumps({k: v for k, v in asdict(settings).items() if k != "options"}),
             "probekit_version": probekit.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
