@@ -114,7 +114,7 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
     conds = [str(c) for c in results.condition.values]
     style = {"model": dict(color="C0", lw=2, marker="o", label="trained model"),
              "random_init": dict(color="C1", lw=1.5, ls="--", marker="s", ms=3, label="random init"),
-             "shuffled": dict(color="0.5", lw=1, ls=":", label="shuffled targets")}
+             "shuffled": dict(color="0.5", lw=1, ls=":", label="shuffled targets (mean, null band)")}
     for ax, t in zip(axes.flat, targets):
         for c in conds:
             y = results.r2.sel(site=site, condition=c, target=t).values
