@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 TARGET_KINDS = ("continuous", "categorical")
 MASK_SUFFIX = "_mask"
+TYPES_SUFFIX = "_types"
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Target:
     description: str
     kind: str = "continuous"
     expected_layer: int | None = None
+    #: for categorical targets: the "type" at each position (e.g. its input token id), which
+    #: defines the Hewitt-Liang control task; None means no control task
+    control_types: np.ndarray | None = None
 
 
 class Hypothesis:
@@ -90,6 +94,15 @@ def make_targets(targets: Sequence[Target], *, n_samples: int, n_pos: int) -> "x
             raise DataError(f"target {t.name!r} is defined at no position")
         if not np.isfinite(values[mask]).all():
             raise DataError(f"target {t.name!r} has NaN or inf at positions its mask marks defined")
+        if t.kind == "categorical":
+            if values.shape[-1] != 1 or not np.issubdtype(values.dtype, np.integer):
+                raise DataError(f"categorical target {t.name!r} must hold one integer class per position, "
+                                f"got {values.dtype} with {values.shape[-1]} dims")
+            if t.control_types is not None:
+                types = np.asarray(t.control_types)
+                if types.shape != (n_samples, n_pos) or not np.issubdtype(types.dtype, np.integer):
+                    raise DataError(f"control types of {t.name!r} must be integers of shape ({n_samples}, {n_pos})")
+                data[t.name + TYPES_SUFFIX] = ((schema.SAMPLE, schema.POS), types)
         attrs = {"kind": t.kind, "description": t.description, "mask": t.name + MASK_SUFFIX}
         if t.expected_layer is not None:
             attrs["expected_layer"] = int(t.expected_layer)
@@ -100,4 +113,4 @@ def make_targets(targets: Sequence[Target], *, n_samples: int, n_pos: int) -> "x
 
 def target_names(targets: "xr.Dataset") -> list[str]:
     """Names of the targets (not masks) in a targets Dataset, in order."""
-    return [n for n in targets.data_vars if not n.endswith(MASK_SUFFIX)]
+    return [n for n in targets.data_vars if not n.endswith((MASK_SUFFIX, TYPES_SUFFIX))]

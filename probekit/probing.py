@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
@@ -34,14 +35,15 @@ import numpy as np
 import probekit
 from probekit import schema, scoring
 from probekit.errors import StoreError, UnknownNameError, UsageError
-from probekit.hypotheses import MASK_SUFFIX, target_names
+from probekit.hypotheses import MASK_SUFFIX, TYPES_SUFFIX, target_names
 from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, cross_validate, grouped_folds
 from probekit.registry import construct
 from probekit.store import Store
 
 CONDITIONS = ("model", "shuffled", "random_init")
 BASELINES = ("shuffled", "random_init")
-METRICS = ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows")
+METRICS = ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows",
+           "accuracy", "acc_lo", "acc_hi", "control_accuracy", "selectivity")  # the last five: categorical
 
 
 @dataclass
@@ -54,6 +56,8 @@ class ProbeSettings:
     baselines: bool = True
     n_boot: int = 1000  # bootstrap resamples of samples for the R² CI (0: no CI)
     n_perm: int = 20  # target permutations forming the shuffled baseline's null band
+    n_perm_categorical: int = 5  # permutations for categorical targets (each costs K logistic fits)
+    logistic_C: float = 1.0  # inverse L2 strength of logistic probes (scikit-learn's C)
     ci_level: float = 0.95
     per_pos: bool = False  # also fit a separate probe at every position
     device: str = "cpu"
@@ -174,8 +178,9 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     out = {m: np.full(shape, np.nan) for m in METRICS}
     r2_pos = np.full(shape + (T,), np.nan)
     r2_per_pos = np.full(shape + (T,), np.nan) if settings.per_pos else None
-    groups = _mask_groups(tds, names)
-    values = {name: np.asarray(tds[name].values) for name in names}
+    categorical = [nm for nm in names if tds[nm].attrs.get("kind") == "categorical"]
+    groups = _mask_groups(tds, [nm for nm in names if nm not in categorical])
+    values = {name: np.asarray(tds[name].values) for name in names if name not in categorical}
     total = len(conditions) * sum(store.array(s).shape[1] for s in sites)
     done = 0
     for ci, cond in enumerate(conditions):
@@ -208,6 +213,9 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
                         r2_pos[idx] = scoring.r2_by_position(h)
                         if per_pos is not None:
                             r2_per_pos[idx] = [r.r2(c) if r is not None else np.nan for r in per_pos]
+                for name in categorical:
+                    _categorical_layer(out, (ci, si, layer, names.index(name)), cond, arr, layer, tds, name, folds,
+                                       settings, seed=[settings.seed, 3, names.index(name)])
                 done += 1
                 if on_progress:
                     on_progress(f"{cond} {site}", done, total)
@@ -237,6 +245,30 @@ def stratified_permutations(mask: np.ndarray, n_perm: int, seed) -> list[np.ndar
             perm[idx] = rng.permutation(idx)
         perms.append(perm)
     return perms
+
+
+def _categorical_layer(out, idx, cond, arr, layer, tds, name, folds, settings, seed):
+    """Logistic probes for one categorical target: held-out accuracy (a band over permutations
+    for the shuffled condition) and, where types are given, control accuracy and selectivity."""
+    from probekit import categorical
+
+    mask = np.asarray(tds[name + MASK_SUFFIX].values)
+    labels = np.asarray(tds[name].values)[..., 0]
+    X = categorical.gather_rows(arr, layer, mask)
+    row_fold = folds[np.nonzero(mask)[0]]
+    acc = lambda y: categorical.cv_accuracy(X, y, row_fold, settings.n_folds, C=settings.logistic_C,  # noqa: E731
+                                            device=settings.device)
+    out["n_rows"][idx] = len(X)
+    if cond == "shuffled":
+        draws = [acc(labels[p][mask]) for p in stratified_permutations(mask, settings.n_perm_categorical, seed)]
+        out["accuracy"][idx] = np.mean(draws)
+        out["acc_lo"][idx], out["acc_hi"][idx] = min(draws), max(draws)
+        return
+    out["accuracy"][idx] = acc(labels[mask])
+    if name + TYPES_SUFFIX in tds:
+        control = categorical.control_labels(np.asarray(tds[name + TYPES_SUFFIX].values), labels, mask, seed)
+        out["control_accuracy"][idx] = acc(control[mask])
+        out["selectivity"][idx] = out["accuracy"][idx] - out["control_accuracy"][idx]
 
 
 def _shuffled_layer(out, at, executor, src, layer, blocks, mask, members, values, names, folds, settings, seed):
@@ -305,10 +337,14 @@ def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names
     data["r2_pos"] = (dims + (schema.POS,), r2_pos, {"description": "held-out R² of the pooled probe at each position"})
     if r2_per_pos is not None:
         data["r2_per_pos"] = (dims + (schema.POS,), r2_per_pos, {"description": "R² of a probe fit per position"})
-    lo = out["r2_lo"][0]
-    hi_base = np.nanmax(out["r2_hi"][1:], axis=0) if len(conditions) > 1 else np.full_like(lo, -np.inf)
-    data["overlaps_baseline"] = (dims[1:], np.asarray(lo <= hi_base),
-                                 {"description": "the model's R² CI reaches a baseline's CI"})
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: continuous vs categorical
+        lo = out["r2_lo"][0]
+        hi_base = np.nanmax(out["r2_hi"][1:], axis=0) if len(conditions) > 1 else np.full_like(lo, -np.inf)
+        acc_base = (np.nanmax(np.stack([out["acc_hi"][1:], out["accuracy"][1:]]), axis=(0, 1))
+                    if len(conditions) > 1 else np.full_like(lo, -np.inf))
+    data["overlaps_baseline"] = (dims[1:], np.asarray((lo <= hi_base) | (out["accuracy"][0] <= acc_base)),
+                                 {"description": "the model's R² CI (or accuracy) reaches a baseline's interval"})
     expected = [tds[nm].attrs.get("expected_layer", -1) for nm in names]
     return xr.Dataset(
         data,
@@ -320,7 +356,8 @@ def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names
             "target": names,
             "expected_layer": ("target", np.asarray(expected, dtype=np.int64)),
             "description": ("target", [tds[nm].attrs["description"] for nm in names]),
-            "target_dims": ("target", [int(values[nm].shape[-1]) for nm in names]),
+            "target_dims": ("target", [int(tds[nm].shape[-1]) for nm in names]),
+            "kind": ("target", [tds[nm].attrs.get("kind", "continuous") for nm in names]),
         },
         attrs={
             "hypothesis": hypothesis,

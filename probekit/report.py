@@ -37,6 +37,9 @@ def results_table(results, site: str | None = None, title: str | None = None):
     for layer in results.layer.values:
         table.add_column(f"L{int(layer)}", justify="right", no_wrap=True, min_width=9)
     for t in results.target.values:
+        if _is_categorical(results, t):
+            table.add_row(str(t), _exp(results, t), *_categorical_cells(sel, t, shown))
+            continue
         model = sel.r2.sel(condition="model", target=t).values
         best = int(np.nanargmax(model)) if np.isfinite(model).any() else -1
         exp = int(results.expected_layer.sel(target=t))
@@ -64,6 +67,39 @@ def results_table(results, site: str | None = None, title: str | None = None):
     return table
 
 
+def _is_categorical(results, t) -> bool:
+    return "kind" in results.coords and str(results.kind.sel(target=t).values) == "categorical"
+
+
+def _exp(results, t) -> str:
+    exp = int(results.expected_layer.sel(target=t))
+    return str(exp) if exp >= 0 else ""
+
+
+def _categorical_cells(sel, t, shown) -> list[str]:
+    """Held-out accuracy; below it selectivity (vs the control task) and the baselines' accuracy."""
+    acc = sel.accuracy.sel(condition="model", target=t).values
+    best = int(np.nanargmax(acc)) if np.isfinite(acc).any() else -1
+    cells = []
+    for li, val in enumerate(acc):
+        if not np.isfinite(val):
+            cells.append("—")
+            continue
+        text = f"acc {val:.2f}"
+        text = f"[bold]{text}[/bold]" if li == best else text
+        if shown and bool(sel.overlaps_baseline.sel(target=t).values[li]):
+            text = f"[dim]~{text}[/dim]"
+        lines = [text]
+        selectivity = float(sel.selectivity.sel(condition="model", target=t).values[li])
+        if np.isfinite(selectivity):
+            lines.append(f"[dim]sel {selectivity:+.2f}[/dim]")
+        if shown:
+            lines.append("[dim]" + "/".join(_short(sel.accuracy.sel(condition=c, target=t).values[li])
+                                            for c in shown) + "[/dim]")
+        cells.append("\n".join(lines))
+    return cells
+
+
 def _level(results) -> str:
     try:
         return f"{json.loads(results.attrs['settings'])['ci_level']:.0%}"
@@ -78,7 +114,8 @@ def _short(v: float) -> str:
 
 def results_records(results) -> list[dict]:
     """Flat records (one per condition × site × layer × target) for ``--json`` and CSV."""
-    cols = [v for v in ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows") if v in results]
+    cols = [v for v in ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows", "accuracy", "acc_lo", "acc_hi",
+                        "control_accuracy", "selectivity") if v in results]
     df = results[cols].to_dataframe().reset_index()
     recs = df.to_dict(orient="records")
     for r in recs:
@@ -116,17 +153,23 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
              "random_init": dict(color="C1", lw=1.5, ls="--", marker="s", ms=3, label="random init"),
              "shuffled": dict(color="0.5", lw=1, ls=":", label="shuffled targets (mean, null band)")}
     for ax, t in zip(axes.flat, targets):
+        cat = _is_categorical(results, t)
+        metric, band = ("accuracy", ("acc_lo", "acc_hi")) if cat else ("r2", ("r2_lo", "r2_hi"))
+        if cat:
+            ax.set_ylabel("accuracy", fontsize=8)
         for c in conds:
-            y = results.r2.sel(site=site, condition=c, target=t).values
+            y = results[metric].sel(site=site, condition=c, target=t).values
             ax.plot(layers, y, **style[c])
-            lo, hi = (results[v].sel(site=site, condition=c, target=t).values for v in ("r2_lo", "r2_hi"))
+            lo, hi = (results[v].sel(site=site, condition=c, target=t).values for v in band)
             if np.isfinite(lo).any():
                 ax.fill_between(layers, lo, hi, color=style[c]["color"], alpha=0.2, lw=0)
         exp = int(results.expected_layer.sel(target=t))
         if exp >= 0:
             ax.axvline(exp, color="C2", lw=0.8, alpha=0.6)
         ax.set_title(t, fontsize=9)
-        ax.set_ylim(min(-0.1, float(np.nanmin(results.r2.sel(site=site, target=t).values)) - 0.05), 1.02)
+        values = results[metric].sel(site=site, target=t).values
+        low = float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
+        ax.set_ylim(min(-0.1, low - 0.05), 1.02)
         ax.axhline(0, color="k", lw=0.5)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(targets):]:
