@@ -54,7 +54,7 @@ def test_nested_cv_matches_sklearn_brute_force():
     stats = accumulate(X, Y, row_fold, K)
     res = cross_validate(stats, col_groups=groups)
     expected = sklearn_nested(X, Y, row_fold, K, res.alphas, groups)
-    np.testing.assert_allclose(res.sse, expected, rtol=1e-7)
+    np.testing.assert_allclose(res.sse, expected, rtol=1e-8)
     sst = ((Y - Y.mean(0)) ** 2).sum(0)
     np.testing.assert_allclose(res.sst, sst, rtol=1e-9)
     r2 = 1 - expected[1:].sum() / sst[1:].sum()
