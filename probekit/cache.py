@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -74,11 +76,33 @@ def _describe_difference(old: dict, new: dict) -> str:
     return "; ".join(diffs)
 
 
+def estimate_bytes(req: CacheRequest, adapter, seq_len: int) -> int:
+    """Uncompressed bytes the activations and outputs will take (an upper bound on disk use)."""
+    per_sample = sum(adapter.sites[s] * seq_len * adapter.d_model for s in req.sites) * np.dtype(req.dtype).itemsize
+    per_sample += seq_len * adapter.d_out * 4
+    return int(per_sample * req.n_samples * (2 if req.random_init else 1))
+
+
+def check_disk(path: Path, needed: int) -> int:
+    """Free bytes where ``path`` will be written; refuse to start when ``needed`` does not fit."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise StoreError(f"{path} needs about {needed / 2**30:.2f} GiB (uncompressed) but only "
+                         f"{free / 2**30:.2f} GiB is free there; choose another --out or fewer samples/sites")
+    return free
+
+
 def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
-              on_progress: Callable[[str, int, int], None] | None = None) -> Store:
+              on_progress: Callable[[str, int, int], None] | None = None,
+              on_start: Callable[[dict], None] | None = None) -> Store:
     """Cache ``req.sites`` of ``req.model`` on ``req.n_samples`` task samples into ``req.out``.
 
-    ``on_progress(phase, samples_done, samples_total)`` is called after every block.
+    ``on_start(plan)`` is called once the work is known (``plan``: estimated bytes, free
+    bytes, bytes per sample, blocks to do); ``on_progress(phase, samples_done,
+    samples_total)`` after every block.
     """
     from probekit.models.adapters import load_adapter
 
@@ -100,7 +124,16 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
             raise UnknownNameError("site", site, adapter.sites)
 
     store = Store(req.out)
+    seq_len = task.io.seq_len
+    needed = estimate_bytes(req, adapter, seq_len)
     with store.lock():
+        resuming = store.exists() and not overwrite
+        free = check_disk(store.path, 0 if resuming else needed)
+        if on_start:
+            on_start({"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
+                      "bytes_per_sample": needed // (req.n_samples * (2 if req.random_init else 1))})
+        for leftover in store.path.rglob("*.partial") if store.path.exists() else []:
+            leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
         if store.exists() and not overwrite:
             old = Store.open(req.out).attrs().get("request", {})
             diff = _describe_difference(old, req.identity())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,6 +25,7 @@ def cache(
     random_init: bool = typer.Option(False, "--random-init", help="Also cache a random-init model of the same "
                                      "architecture (a probe baseline) into the store's random_init group."),
     batch_size: int = typer.Option(256, help="Sequences per forward pass."),
+    block: Optional[int] = typer.Option(None, help="Samples per chunk (default: chunks of about 4 MB)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
@@ -41,22 +43,38 @@ def cache(
         params = _params_for_model_task(host, model, param)
     req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
                        sites=tuple(site or ("resid",)), dtype=dtype, random_init=random_init,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, block=block)
     total = n_samples * (2 if random_init else 1)
+    err = stderr_console()
+    plan: dict = {}
+    started = time.perf_counter()
+
+    def on_start(info: dict) -> None:
+        plan.update(info)
+        if not as_json:
+            verb = "resuming" if info["resuming"] else "writing"
+            err.print(f"{verb} {out}: about {info['estimated_bytes'] / 2**20:,.1f} MiB uncompressed "
+                      f"({info['free_bytes'] / 2**30:,.1f} GiB free)")
+
     with progress("cache", total, "samples", enabled=not as_json) as update:
         def on_progress(phase: str, done: int, n: int) -> None:
-            update(done + (n if phase == "random-init" else 0), info=phase)
+            done = done + (n if phase == "random-init" else 0)
+            mb_s = done * plan.get("bytes_per_sample", 0) / 2**20 / max(time.perf_counter() - started, 1e-9)
+            update(done, info=f"{phase} · {mb_s:,.1f} MB/s")
 
-        store = run_cache(host, req, overwrite=overwrite, on_progress=on_progress)
+        store = run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start)
     ds = store.dataset()
-    summary = {"store": str(store.path), "sites": ds.attrs["sites"], "n_samples": ds.sizes["sample"],
-               "dims": {k: int(v) for k, v in ds.sizes.items()}, "dtype": ds.attrs["dtype"],
-               "random_init": store.has_group("random_init")}
+    on_disk = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    summary = {"store": str(store.path), "sites": {s: list(ds[s].shape) for s in ds.attrs["sites"]},
+               "n_samples": ds.sizes["sample"], "dims": {k: int(v) for k, v in ds.sizes.items()},
+               "dtype": ds.attrs["dtype"], "random_init": store.has_group("random_init"),
+               "bytes_on_disk": on_disk, "seconds": round(time.perf_counter() - started, 2)}
     if as_json:
         print_json(summary)
     else:
-        stderr_console().print(f"cached {summary['sites']} for {summary['n_samples']} samples into "
-                               f"[bold]{store.path}[/bold] ({', '.join(f'{k}={v}' for k, v in summary['dims'].items())})")
+        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary["sites"].items())
+        err.print(f"cached {shapes} (sample, layer, pos, feature) into [bold]{store.path}[/bold]: "
+                  f"{on_disk / 2**20:,.1f} MiB on disk in {summary['seconds']} s")
 
 
 def _params_for_model_task(host, model: str, param: list[str]) -> dict:
