@@ -212,22 +212,39 @@ def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str 
 
 
 def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: str | None, on_progress) -> None:
+    """Compute each missing block and write it. One writer thread writes block b (then marks it
+    done) while block b+1 is computed; at most one block waits, so memory stays bounded."""
+    from concurrent.futures import ThreadPoolExecutor
+
     block = store.attrs(group)[schema.BLOCK_ATTR]
     n = req.n_samples
-    n_blocks = -(-n // block)
     done = store.blocks_done(group)
     phase = "random-init" if group else "model"
-    for b in range(n_blocks):
-        s0, s1 = b * block, min(n, (b + 1) * block)
-        if b in done:
-            continue
-        parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites))
-                 for i in range(s0, s1, req.batch_size)]
-        for site in req.sites:
-            acts = np.concatenate([p[0][site] for p in parts])
-            _check_values(site, acts, req.dtype)
-            store.write_block(site, s0, acts.astype(req.dtype), group)
-        store.write_block(schema.OUTPUT_VAR, s0, np.concatenate([p[1] for p in parts]), group)
-        store.mark_block_done(b, group)
+    arrays = {name: store.group(group, mode="a")[name] for name in (*req.sites, schema.OUTPUT_VAR)}
+
+    def write(b: int, s0: int, s1: int, blocks: dict) -> None:
+        for name, data in blocks.items():
+            arrays[name][s0:s1] = data
+        store.mark_block_done(b, group)  # only after every chunk of the block is on disk
         if on_progress:
             on_progress(phase, s1, n)
+
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for b in range(-(-n // block)):
+            if b in done:
+                continue
+            s0, s1 = b * block, min(n, (b + 1) * block)
+            parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites))
+                     for i in range(s0, s1, req.batch_size)]
+            blocks = {}
+            for site in req.sites:
+                acts = np.concatenate([p[0][site] for p in parts])
+                _check_values(site, acts, req.dtype)
+                blocks[site] = acts.astype(req.dtype)
+            blocks[schema.OUTPUT_VAR] = np.concatenate([p[1] for p in parts])
+            if pending is not None:
+                pending.result()  # surfaces write errors; keeps one block in flight
+            pending = writer.submit(write, b, s0, s1, blocks)
+        if pending is not None:
+            pending.result()

@@ -1,0 +1,93 @@
+"""Caching overhead, measured side by side in one run: bare forward pass vs `probekit cache`.
+
+For N and 4N sequences (each size in a fresh process), on the same inputs and batch size:
+the bare forward pass, `run_cache` (hooks on every layer's `resid`, float16 conversion with
+overflow check, zarr writes by chunk, the manifest), their ratio, MB/s written, and the
+process's peak RSS. Imports are warmed up before timing, so the ratio is the per-sample
+cost; the fixed cost of creating a store (task generation, metadata, consolidation) is
+printed separately.
+
+    python benchmarks/cache_overhead.py            # N = 8000, demo-sized model (4 layers x 64)
+    python benchmarks/cache_overhead.py --n 2000 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys, tempfile, time
+from pathlib import Path
+import torch
+n, threads, batch, layers, width, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+torch.set_num_threads(threads)
+import numpy as np, xarray, zarr  # warm the imports run_cache would otherwise pay inside the timing
+from probekit.cache import CacheRequest, run_cache
+from probekit.models import checkpoint
+from probekit.models.toy import ToyTransformer
+from probekit.models.zoo import build_config
+from probekit.plugins import PluginHost
+host = PluginHost.default()
+task = host.tasks.get("lds")()
+cfg = build_config("softmax", task.io, n_layers=layers, d_model=width)
+with tempfile.TemporaryDirectory() as tmp:
+    torch.manual_seed(0)
+    model = ToyTransformer(cfg)
+    ckpt = checkpoint.save(model, checkpoint.Checkpoint(cfg, "lds", task.params.__dict__), Path(tmp) / "m")
+    t0 = time.perf_counter(); x = torch.as_tensor(task.generate(n, seed=1)["x"].values); t_gen = time.perf_counter() - t0
+    model = model.to(device).eval()
+    with torch.no_grad():
+        model(x[:batch].to(device))
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            out = model(x[i:i + batch].to(device)).cpu()
+        t_bare = time.perf_counter() - t0
+    # a tiny cache first: the fixed cost of making a store, and warm code paths
+    t0 = time.perf_counter()
+    run_cache(host, CacheRequest(model=f"toy:{ckpt}", out=f"{tmp}/warm.zarr", n_samples=8, seed=1, device=device))
+    t_fixed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store = run_cache(host, CacheRequest(model=f"toy:{ckpt}", out=f"{tmp}/s.zarr", n_samples=n, seed=1,
+                                         batch_size=batch, device=device))
+    t_cache = time.perf_counter() - t0
+    written = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    raw = n * (layers + 1) * task.params.length * width * 2
+print(json.dumps(dict(n=n, bare=t_bare, cache=t_cache, fixed=t_fixed, gen=t_gen, written=written, raw=raw,
+                      rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8000, help="N; the second run uses 4N")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    rows = []
+    for n in (args.n, 4 * args.n):
+        out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(args.threads), str(args.batch_size),
+                              str(args.layers), str(args.width), args.device],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"toy softmax transformer {args.layers} layers x {args.width}, lds length 30, caching every layer's resid "
+          f"(float16), batch {args.batch_size}, {args.threads} threads, device {args.device}")
+    print(f"{'samples':>8} {'bare s':>8} {'cache s':>8} {'ratio':>6} {'MB/s':>7} {'raw MiB':>8} {'disk MiB':>9} "
+          f"{'peak RSS MiB':>13} {'fixed s':>8} {'task gen s':>10}")
+    for r in rows:
+        print(f"{r['n']:>8} {r['bare']:>8.3f} {r['cache']:>8.3f} {r['cache'] / r['bare']:>6.2f} "
+              f"{r['raw'] / 2**20 / r['cache']:>7.1f} {r['raw'] / 2**20:>8.1f} {r['written'] / 2**20:>9.1f} "
+              f"{r['rss_mib']:>13.1f} {r['fixed']:>8.3f} {r['gen']:>10.3f}")
+    a, b = rows
+    print(f"peak RSS at 4N vs N: {b['rss_mib'] / a['rss_mib']:.2f}x  (the cache streams: memory is bounded by a block)")
+    print("ratio = cache time / bare forward time on the same inputs; the cache time includes generating the "
+          "task's samples and writing them, the fixed cost is a separate 8-sample cache")
+
+
+if __name__ == "__main__":
+    main()
