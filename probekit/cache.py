@@ -78,7 +78,10 @@ def _describe_difference(old: dict, new: dict) -> str:
 
 def estimate_bytes(req: CacheRequest, adapter, seq_len: int) -> int:
     """Uncompressed bytes the activations and outputs will take (an upper bound on disk use)."""
-    per_sample = sum(adapter.sites[s] * seq_len * adapter.d_model for s in req.sites) * np.dtype(req.dtype).itemsize
+    from probekit.models.adapters import adapter_site_layout
+
+    per_sample = sum(int(np.prod(adapter_site_layout(adapter, s, seq_len)[1])) for s in req.sites)
+    per_sample *= np.dtype(req.dtype).itemsize
     per_sample += seq_len * adapter.d_out * 4
     return int(per_sample * req.n_samples * (2 if req.random_init else 1))
 
@@ -172,8 +175,16 @@ def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> 
         n_samples=req.n_samples,
         request=req.identity(),
     )
-    max_layers = max(adapter.sites[s] for s in req.sites)
-    base = ds.assign_coords({schema.LAYER: np.arange(max_layers)})
+    from probekit.models.adapters import adapter_site_layout
+
+    layouts = [adapter_site_layout(adapter, s, T) for s in req.sites]
+    coords = {}
+    for dims, shape in layouts:
+        if dims[1] == schema.LAYER:
+            coords[schema.LAYER] = np.arange(max(shape[0], len(coords.get(schema.LAYER, []))))
+        else:
+            coords[schema.BLOCK] = np.arange(1, shape[0] + 1)
+    base = ds.assign_coords(coords)
     base.attrs = attrs
     Store.create(store.path, base, overwrite=overwrite)
     _create_arrays(store, req, adapter, T, None)
@@ -181,6 +192,7 @@ def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> 
 
 def _group_attrs(req: CacheRequest, adapter, T: int) -> dict:
     block = req.block or sample_block(req.n_samples, T * adapter.d_model * np.dtype(req.dtype).itemsize)
+    # (sized for one (layer, pos, feature) slice; attention patterns get the same sample block)
     if block < 1:
         raise UsageError(f"block must be >= 1, got {block}")
     return adapter.provenance() | {
@@ -202,9 +214,12 @@ def _create_group(store: Store, req: CacheRequest, adapter, group: str, T: int) 
 
 def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str | None) -> None:
     block = store.attrs(group)[schema.BLOCK_ATTR]
+    from probekit.models.adapters import adapter_site_layout
+
     for site in req.sites:
-        store.create_activation(site, (req.n_samples, adapter.sites[site], T, adapter.d_model),
-                                dtype=req.dtype, block=block, group=group, attrs={"site": site})
+        dims, shape = adapter_site_layout(adapter, site, T)
+        store.create_activation(site, (req.n_samples, *shape), dims=dims, dtype=req.dtype, block=block,
+                                group=group, attrs={"site": site})
     store.create_variable(schema.OUTPUT_VAR, (req.n_samples, T, adapter.d_out),
                           (schema.SAMPLE, schema.POS, schema.OUTPUT_FEATURE), dtype="float32",
                           chunks=(block, T, adapter.d_out), group=group,

@@ -157,10 +157,11 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
             if t not in names:
                 raise UnknownNameError("target", t, names)
         names = [n for n in names if n in settings.targets]
-    sites = list(settings.sites or ds.attrs["sites"])
+    probeable = [s for s in ds.attrs["sites"] if s in schema.activation_sites(ds)]  # one vector per position
+    sites = list(settings.sites or probeable)
     for s in sites:
-        if s not in ds.attrs["sites"]:
-            raise UnknownNameError("site", s, ds.attrs["sites"])
+        if s not in probeable:
+            raise UnknownNameError("site", s, probeable)
 
     n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     folds = grouped_folds(n, settings.n_folds, settings.seed)
@@ -173,7 +174,8 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
             conditions.append("random_init")
     weights = scoring.bootstrap_weights(n, settings.n_boot, settings.seed) if settings.n_boot else None
 
-    n_layers = max(store.array(s).shape[1] for s in sites)
+    offset = {s: schema.layer_offset(ds[s].dims) for s in sites}  # block l of attn_out sits at layer l
+    n_layers = max(store.array(s).shape[1] + offset[s] for s in sites)
     shape = (len(conditions), len(sites), n_layers, len(names))
     out = {m: np.full(shape, np.nan) for m in METRICS}
     r2_pos = np.full(shape + (T,), np.nan)
@@ -189,16 +191,17 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
             arr = store.array(site, group)
             src = _source(store, group, site)
             blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
-            for layer in range(arr.shape[1]):
+            for stored in range(arr.shape[1]):
+                layer = stored + offset[site]  # index in the results; `stored` indexes the array
                 for gi, (mask, members) in enumerate(groups):
                     ks = [values[name].shape[-1] for name in members]
                     if cond == "shuffled":
-                        _shuffled_layer(out, (ci, si, layer), executor, src, layer, blocks, mask, members, values,
+                        _shuffled_layer(out, (ci, si, layer), executor, src, stored, blocks, mask, members, values,
                                         names, folds, settings, seed=[settings.seed, 1, gi])
                         continue
                     y = np.concatenate([values[name] for name in members], axis=-1)
                     cols = _slices(ks)
-                    res, held, per_pos = _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols,
+                    res, held, per_pos = _probe_layer(executor, src, stored, blocks, mask, y, folds, ks, cols,
                                                       settings)
                     for name, c, h in zip(members, cols, held):
                         idx = (ci, si, layer, names.index(name))
@@ -214,7 +217,7 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
                         if per_pos is not None:
                             r2_per_pos[idx] = [r.r2(c) if r is not None else np.nan for r in per_pos]
                 for name in categorical:
-                    _categorical_layer(out, (ci, si, layer, names.index(name)), cond, arr, layer, tds, name, folds,
+                    _categorical_layer(out, (ci, si, layer, names.index(name)), cond, arr, stored, tds, name, folds,
                                        settings, seed=[settings.seed, 3, names.index(name)])
                 done += 1
                 if on_progress:

@@ -22,8 +22,14 @@ FEATURE = "feature"
 HEAD = "head"
 CHECKPOINT = "checkpoint"
 
-# Activation variables have these dims, chunked (block, 1, all pos, all features):
-ACTIVATION_DIMS = (SAMPLE, LAYER, POS, FEATURE)
+BLOCK = "block"  # transformer block l (1-based), whose output enters resid layer l
+QUERY, KEY = "query", "key"
+
+# Activation variables, chunked (sample block, 1, everything else):
+ACTIVATION_DIMS = (SAMPLE, LAYER, POS, FEATURE)  # resid: layer 0 = embeddings, l = after block l
+BLOCK_DIMS = (SAMPLE, BLOCK, POS, FEATURE)  # attn_out, mlp_out: what block l adds to the stream
+PATTERN_DIMS = (SAMPLE, BLOCK, HEAD, QUERY, KEY)  # attn_pattern
+SITE_DIMS = (ACTIVATION_DIMS, BLOCK_DIMS, PATTERN_DIMS)
 
 # Model output variable (what the model predicts at each position)
 OUTPUT_VAR = "model_out"
@@ -55,8 +61,13 @@ STORE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def activation_sites(ds: "xr.Dataset") -> list[str]:
-    """Variables of ``ds`` that hold per-layer activations."""
-    return [name for name, v in ds.data_vars.items() if tuple(v.dims) == ACTIVATION_DIMS]
+    """Variables of ``ds`` that hold per-layer activations a probe can read (one vector per position)."""
+    return [name for name, v in ds.data_vars.items() if tuple(v.dims) in (ACTIVATION_DIMS, BLOCK_DIMS)]
+
+
+def layer_offset(dims) -> int:
+    """Probe-results layer of a site's first entry: 0 for resid (embeddings), 1 for per-block sites."""
+    return 1 if tuple(dims)[1] == BLOCK else 0
 
 
 def validate_store(ds: "xr.Dataset") -> list[str]:
@@ -69,8 +80,8 @@ def validate_store(ds: "xr.Dataset") -> list[str]:
     for site in ds.attrs.get("sites", []):
         if site not in ds:
             problems.append(f"site {site!r} is listed in attrs but has no variable")
-        elif tuple(ds[site].dims) != ACTIVATION_DIMS:
-            problems.append(f"site {site!r} has dims {ds[site].dims}, expected {ACTIVATION_DIMS}")
+        elif tuple(ds[site].dims) not in SITE_DIMS:
+            problems.append(f"site {site!r} has dims {ds[site].dims}, expected one of {SITE_DIMS}")
     if SAMPLE not in ds.dims:
         problems.append(f"no {SAMPLE!r} dimension")
     elif ds.attrs.get("n_samples") not in (None, ds.sizes[SAMPLE]):

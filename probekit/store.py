@@ -139,29 +139,31 @@ class Store:
     def create_activation(
         self,
         name: str,
-        shape: tuple[int, int, int, int],
+        shape: tuple[int, ...],
         *,
         dtype: str,
         block: int,
+        dims: tuple[str, ...] = schema.ACTIVATION_DIMS,
         group: str | None = None,
         attrs: dict | None = None,
     ):
-        """Pre-size an activation array ``(sample, layer, pos, feature)``.
+        """Pre-size an activation array ``(sample, layer or block, ...)``.
 
-        One chunk is ``(block, 1, pos, feature)``: one layer of one sample block,
+        One chunk is ``(block, 1, ...everything else)``: one layer of one sample block,
         a single contiguous read.
         """
         if dtype not in schema.STORE_DTYPES:
             raise StoreError(f"unsupported store dtype {dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
+        if tuple(dims) not in schema.SITE_DIMS or len(shape) != len(dims):
+            raise StoreError(f"activation {name!r}: dims {dims} / shape {shape} are not a site layout")
         zarr = _zarr()
         g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
-        _, _, T, F = shape
         return g.create_array(
             name,
             shape=shape,
-            chunks=(block, 1, T, F),
+            chunks=(block, 1, *shape[2:]),
             dtype=dtype,
-            dimension_names=schema.ACTIVATION_DIMS,
+            dimension_names=tuple(dims),
             fill_value=0,
             attributes=attrs or {},
             compressors=None,  # activations barely compress (measured: 1% with zstd) and it halves write speed

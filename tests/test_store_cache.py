@@ -180,3 +180,30 @@ def test_checkpoints_are_safetensors_and_training_is_deterministic(tmp_path, hos
 
     with pytest.raises(CheckpointError):
         checkpoint.load_weights(ToyTransformer(cfg), tmp_path / "a")
+
+
+def test_every_toy_site_caches_with_its_own_layout_and_probes_line_up(tmp_path, host, tiny_checkpoint):
+    from probekit.models.adapters import load_adapter
+    from probekit.probing import ProbeSettings, run_probe
+
+    sites = ("resid", "attn_out", "mlp_out", "attn_pattern")
+    store = run_cache(host, CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(tmp_path / "all.zarr"), n_samples=40,
+                                         seed=2, sites=sites))
+    ds = store.dataset()
+    assert ds.resid.dims == schema.ACTIVATION_DIMS and ds.attn_out.dims == schema.BLOCK_DIMS
+    assert ds.attn_pattern.dims == schema.PATTERN_DIMS and ds.attn_pattern.shape == (40, 2, 2, 10, 10)
+    assert list(ds.block.values) == [1, 2] and list(ds.layer.values) == [0, 1, 2]
+    assert schema.validate_store(ds) == []
+    # the residual stream adds up: resid after block l = resid before it + attn_out + mlp_out
+    r = ds.resid.values.astype(np.float32)
+    parts = ds.attn_out.values.astype(np.float32) + ds.mlp_out.values.astype(np.float32)
+    np.testing.assert_allclose(r[:, 1:], r[:, :-1] + parts, atol=2e-3)
+    pattern = ds.attn_pattern.values.astype(np.float32)
+    np.testing.assert_allclose(pattern.sum(-1), 1.0, atol=2e-3)  # softmax rows
+    assert np.abs(np.triu(pattern, 1)).max() == 0  # causal
+    acts, _ = load_adapter(host, f"toy:{tiny_checkpoint}").run(ds.x.values[:3], ["attn_pattern"])
+    np.testing.assert_allclose(pattern[:3], acts["attn_pattern"], atol=1e-3)
+    res, _ = run_probe(host, store.path, "rls", ProbeSettings(n_folds=3, n_boot=0, baselines=False,
+                                                              targets=("current_state",)))
+    assert list(res.site.values) == ["resid", "attn_out", "mlp_out"]  # patterns are not probed
+    assert np.isnan(res.r2.sel(site="attn_out", layer=0)).all() and np.isfinite(res.r2.sel(site="attn_out", layer=1)).all()

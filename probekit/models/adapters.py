@@ -78,8 +78,14 @@ class ToyAdapter:
     def __init__(self, model, ckpt, spec: str, *, random_init: bool, init_seed: int, device: str):
         self.model, self.ckpt, self.spec = model, ckpt, spec
         self.random_init, self.init_seed, self.device = random_init, init_seed, device
-        n = ckpt.config.n_layers
-        self.hook_names = {"resid": ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]}
+        n, cfg = ckpt.config.n_layers, ckpt.config
+        self.hook_names = {
+            "resid": ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n)],
+            "attn_out": [f"blocks.{i}.hook_attn_out" for i in range(n)],
+            "attn_pattern": [f"blocks.{i}.attn.hook_pattern" for i in range(n)],
+        }
+        if cfg.mlp:
+            self.hook_names["mlp_out"] = [f"blocks.{i}.hook_mlp_out" for i in range(n)]
 
     @classmethod
     def load(cls, rest: str, *, random_init: bool = False, init_seed: int = 12345, device: str = "cpu"):
@@ -105,6 +111,10 @@ class ToyAdapter:
     @property
     def d_model(self) -> int:
         return self.ckpt.config.d_model
+
+    def site_layout(self, site: str, seq_len: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Store dims and per-sample shape of a site (see :data:`probekit.schema.SITE_DIMS`)."""
+        return site_layout(site, self.sites[site], seq_len, self.d_model, self.ckpt.config.n_heads)
 
     @property
     def d_out(self) -> int:
@@ -152,6 +162,26 @@ class ToyAdapter:
             "device": self.device,
             "torch_version": torch.__version__,
         }
+
+
+def site_layout(site: str, n: int, seq_len: int, d_model: int, n_heads: int):
+    """The conventional layout of a named site: ``(dims, shape without sample)``."""
+    from probekit import schema
+
+    if site == "attn_pattern":
+        return schema.PATTERN_DIMS, (n, n_heads, seq_len, seq_len)
+    if site in ("attn_out", "mlp_out"):
+        return schema.BLOCK_DIMS, (n, seq_len, d_model)
+    return schema.ACTIVATION_DIMS, (n, seq_len, d_model)
+
+
+def adapter_site_layout(adapter, site: str, seq_len: int):
+    """An adapter's layout for ``site`` (adapters without ``site_layout`` store (layer, pos, feature))."""
+    if hasattr(adapter, "site_layout"):
+        return adapter.site_layout(site, seq_len)
+    from probekit import schema
+
+    return schema.ACTIVATION_DIMS, (adapter.sites[site], seq_len, adapter.d_model)
 
 
 def load_adapter(host, spec: str, *, random_init: bool = False, device: str = "cpu"):
