@@ -6,5 +6,7 @@ from probekit.hookspecs import hookimpl
 @hookimpl
 def probekit_register_models(register):
     from probekit.models.adapters import ToyAdapter
+    from probekit.models.hf import HFAdapter  # light: transformers loads only in HFAdapter.load
 
     register("toy", ToyAdapter)
+    register("hf", HFAdapter)
