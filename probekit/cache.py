@@ -42,6 +42,8 @@ class CacheRequest:
     batch_size: int = 256
     device: str = "cpu"
     block: int | None = None  # samples per chunk; default sizes chunks near TARGET_CHUNK_BYTES
+    text: str | None = None  # a .txt/.jsonl file of prompts instead of a task
+    max_len: int | None = None  # truncate prompts to this many tokens
 
     def identity(self) -> dict:
         """The fields that must match for a resume. Not batch size, device or block (a resumed
@@ -114,14 +116,21 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     if req.n_samples < 1:
         raise UsageError("--n-samples must be >= 1")
     adapter = load_adapter(host, req.model, device=req.device)
-    ckpt = getattr(adapter, "ckpt", None)
-    task_name = req.task or (ckpt.task if ckpt else None)
-    if task_name is None:
-        raise UsageError("this model records no task: pass --task")
-    params = dict(ckpt.task_params) if ckpt and ckpt.task == task_name else {}
-    params.update(req.task_params)
-    task = host.tasks.get(task_name)(**params)
-    req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
+    if req.text:
+        from probekit.tasks.text import TextTask
+
+        task = TextTask.from_file(req.text, req.max_len, adapter)
+        req = dataclasses.replace(req, task="text", task_params=dataclasses.asdict(task.params),
+                                  n_samples=min(req.n_samples, len(task.prompts)), seed=0)
+    else:
+        ckpt = getattr(adapter, "ckpt", None)
+        task_name = req.task or (ckpt.task if ckpt else None)
+        if task_name is None:
+            raise UsageError("this model records no task: pass --task (or --text FILE for prompts)")
+        params = dict(ckpt.task_params) if ckpt and ckpt.task == task_name else {}
+        params.update(req.task_params)
+        task = host.tasks.get(task_name)(**params)
+        req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
     for site in req.sites:
         if site not in adapter.sites:
             raise UnknownNameError("site", site, adapter.sites)
@@ -148,13 +157,15 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
             raise StoreError(f"{req.out} exists and is not a probekit store; choose another --out")
         else:
             _create(store, req, task, adapter, overwrite)
-        inputs = np.asarray(Store.open(req.out).dataset()[task.io.input_var].values)
-        _fill(store, adapter, req, inputs, None, on_progress)
+        base = Store.open(req.out).dataset()
+        inputs = np.asarray(base[task.io.input_var].values)
+        valid = np.asarray(base["valid"].values) if "valid" in base else None
+        _fill(store, adapter, req, inputs, None, on_progress, valid)
         if req.random_init:
             rand = load_adapter(host, req.model, random_init=True, device=req.device)
             if not store.has_group(schema.RANDOM_INIT_GROUP):
                 _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
-            _fill(store, rand, req, inputs, schema.RANDOM_INIT_GROUP, on_progress)
+            _fill(store, rand, req, inputs, schema.RANDOM_INIT_GROUP, on_progress, valid)
         store.consolidate()
     return store
 
@@ -226,7 +237,8 @@ def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str 
                           attrs={"description": "model output at each position"})
 
 
-def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: str | None, on_progress) -> None:
+def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: str | None, on_progress,
+          valid: np.ndarray | None = None) -> None:
     """Compute each missing block and write it. One writer thread writes block b (then marks it
     done) while block b+1 is computed; at most one block waits, so memory stays bounded."""
     from concurrent.futures import ThreadPoolExecutor
@@ -250,7 +262,8 @@ def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: s
             if b in done:
                 continue
             s0, s1 = b * block, min(n, (b + 1) * block)
-            parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites))
+            parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites),
+                                 **({} if valid is None else {"valid": valid[i : min(s1, i + req.batch_size)]}))
                      for i in range(s0, s1, req.batch_size)]
             blocks = {}
             for site in req.sites:

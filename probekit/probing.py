@@ -152,6 +152,10 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     hyp = construct("hypothesis", hypothesis, host.hypotheses.get(hypothesis), settings.options)
     tds = hyp.targets(ds)
     names = target_names(tds)
+    if "valid" in ds:  # padded positions of text stores are never probed
+        valid = np.asarray(ds["valid"].values, dtype=bool)
+        for name in names:
+            tds[name + MASK_SUFFIX] = tds[name + MASK_SUFFIX] & valid
     if settings.targets:
         for t in settings.targets:
             if t not in names:

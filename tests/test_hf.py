@@ -327,3 +327,71 @@ def test_registering_hf_keeps_the_plugin_host_light():
             "print(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert not {m.split(".")[0] for m in loaded} & {"torch", "transformers", "tokenizers", "huggingface_hub"}
+
+
+def test_cache_from_a_text_file_stores_tokens_and_probes_skip_padding(hf_models, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from probekit.cli import run
+    from probekit.hookspecs import hookimpl
+    from probekit.hypotheses import Hypothesis, Target
+    from probekit.plugins import get_plugin_manager
+    from probekit.probing import ProbeSettings, run_probe
+    from probekit.store import Store
+
+    path, _ = hf_models["gpt2"]
+    prompts = ["the cat sat on the mat", "a dog ran", "the bird sang a song in the tree", "cats and dogs"] * 6
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": p}) for p in prompts) + "\n")
+    out = tmp_path / "text.zarr"
+    assert run(["cache", "--model", f"hf:{path}", "--text", str(jsonl), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_samples"] == len(prompts)
+    ds = Store.open(out).dataset()
+    valid = ds.valid.values
+    assert ds.tokens.dims == ("sample", "pos") and valid.dtype == bool and (~valid).any()
+    assert list(ds.text.values[:2]) == prompts[:2]
+    assert all(s == "" for s in ds.token_str.values[~valid]) and all(s for s in ds.token_str.values[valid])
+    assert ds.attrs["task"] == "text" and len(ds.attrs["task_params"]["sha256"]) == 64
+    assert np.all(ds.resid.values.transpose(0, 2, 1, 3)[~valid] == 0)  # padding is zeroed, not garbage
+
+    class CurrentToken(Hypothesis):
+        name = "current-token"
+        requires = ("tokens",)
+
+        def compute(self, ds):
+            tok = ds.tokens.values
+            return [Target("token", tok, np.ones(tok.shape, bool), "token id", kind="categorical")]
+
+    class Plugin:
+        @hookimpl
+        def probekit_register_hypotheses(self, register):
+            register("current-token", CurrentToken)
+
+    from probekit.plugins import PluginHost
+
+    host = PluginHost(get_plugin_manager(entry_points=False, plugins=[Plugin()]))
+    res, _ = run_probe(host, out, "current-token", ProbeSettings(n_folds=3, n_boot=0, n_perm_categorical=1))
+    assert int(res.n_rows.sel(condition="model", site="resid", layer=0, target="token")) == valid.sum()
+
+    jsonl.write_text(jsonl.read_text() + json.dumps({"text": "one more"}) + "\n")  # the file changed
+    assert run(["cache", "--model", f"hf:{path}", "--text", str(jsonl), "--out", str(out)]) == 1
+    assert "holds a different cache" in capsys.readouterr().err
+
+
+def test_text_needs_a_tokenizer_and_a_readable_file(tmp_path, tiny_checkpoint, capsys):
+    from probekit.cli import run
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "no text field"}\n')
+    (tmp_path / "ok.txt").write_text("hello\n")
+    assert run(["cache", "--model", f"toy:{tiny_checkpoint}", "--text", str(tmp_path / "ok.txt"),
+                "--out", str(tmp_path / "a.zarr")]) == 2
+    assert "needs a model with a tokenizer" in capsys.readouterr().err
+    from probekit.tasks.text import read_prompts
+    from probekit.errors import DataError
+
+    with pytest.raises(DataError, match="bad.jsonl:1 is not a JSON object with a 'text' field"):
+        read_prompts(bad)

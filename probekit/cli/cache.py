@@ -18,7 +18,10 @@ def cache(
     out: Path = typer.Option(..., "--out", help="Store to write (a .zarr directory)."),
     task: Optional[str] = typer.Option(None, help="Task (default: the one the toy model was trained on)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
-    n_samples: int = typer.Option(2000, "--n-samples", "-n", help="Sequences to cache."),
+    n_samples: int = typer.Option(2000, "--n-samples", "-n", help="Sequences to cache (with --text: at most)."),
+    text: Optional[Path] = typer.Option(None, help="Prompts to cache instead of a task: .txt (one per line) or "
+                                        ".jsonl ({\"text\": ...} per line), tokenised by the model."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="With --text: truncate prompts to this many tokens."),
     seed: int = typer.Option(1, help="Seed of the task samples (use one unseen in training)."),
     site: Optional[List[str]] = typer.Option(None, "--site", help="Site to cache (repeatable; default resid)."),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 (overflow-checked) or float32."),
@@ -43,7 +46,8 @@ def cache(
         params = _params_for_model_task(host, model, param)
     req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
                        sites=tuple(site or ("resid",)), dtype=dtype, random_init=random_init,
-                       batch_size=batch_size, device=device, block=block)
+                       batch_size=batch_size, device=device, block=block,
+                       text=str(text) if text else None, max_len=max_len)
     total = n_samples * (2 if random_init else 1)
     err = stderr_console()
     plan: dict = {}
