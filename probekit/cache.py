@@ -58,19 +58,23 @@ def sample_block(n_samples: int, bytes_per_sample: int) -> int:
     return int(max(1, min(n_samples, TARGET_CHUNK_BYTES // max(1, bytes_per_sample))))
 
 
-def _check_values(site: str, acts: np.ndarray, dtype: str) -> None:
+def _to_store_dtype(site: str, acts: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast activations for storage, refusing NaN/inf and float16 overflow with a clear message.
+
+    One finiteness scan of the *cast* array covers both (overflow becomes inf in float16);
+    the slower diagnosis runs only when something is wrong.
+    """
+    out = acts.astype(dtype)
+    if np.isfinite(out).all():
+        return out
     if not np.isfinite(acts).all():
         raise DataError(f"site {site!r} has NaN or inf activations; the model itself produced them")
-    if dtype != "float16":
-        return
+    layer = int(np.argwhere(~np.isfinite(out))[0][1])
     limit = float(np.finfo(np.float16).max)
-    big = np.abs(acts) > limit
-    if big.any():
-        layer = int(np.argwhere(big)[0][1])
-        raise DataError(
-            f"site {site!r} overflows float16 at layer {layer} (max |value| {np.abs(acts).max():.3g} > {limit:.0f}); "
-            f"rerun with --dtype float32"
-        )
+    raise DataError(
+        f"site {site!r} overflows float16 at layer {layer} (max |value| {np.abs(acts).max():.3g} > {limit:.0f}); "
+        f"rerun with --dtype float32"
+    )
 
 
 def _describe_difference(old: dict, new: dict) -> str:
@@ -267,9 +271,7 @@ def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: s
                      for i in range(s0, s1, req.batch_size)]
             blocks = {}
             for site in req.sites:
-                acts = np.concatenate([p[0][site] for p in parts])
-                _check_values(site, acts, req.dtype)
-                blocks[site] = acts.astype(req.dtype)
+                blocks[site] = _to_store_dtype(site, np.concatenate([p[0][site] for p in parts]), req.dtype)
             blocks[schema.OUTPUT_VAR] = np.concatenate([p[1] for p in parts])
             if pending is not None:
                 pending.result()  # surfaces write errors; keeps one block in flight
