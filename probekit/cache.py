@@ -42,6 +42,7 @@ class CacheRequest:
     batch_size: int = 256
     device: str = "cpu"
     block: int | None = None  # samples per chunk; default sizes chunks near TARGET_CHUNK_BYTES
+    model_dtype: str | None = None  # compute dtype of the model (hf: float32, bfloat16, float16)
     text: str | None = None  # a .txt/.jsonl file of prompts instead of a task
     max_len: int | None = None  # truncate prompts to this many tokens
 
@@ -50,7 +51,7 @@ class CacheRequest:
         store keeps the block size it was created with), nor random_init: the random-init
         group can be added to a finished store later."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))  # as stored: tuples become lists
-        return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype")}
+        return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "model_dtype")}
 
 
 def sample_block(n_samples: int, bytes_per_sample: int) -> int:
@@ -119,7 +120,7 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         raise UsageError(f"unknown dtype {req.dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
     if req.n_samples < 1:
         raise UsageError("--n-samples must be >= 1")
-    adapter = load_adapter(host, req.model, device=req.device)
+    adapter = load_adapter(host, req.model, device=req.device, dtype=req.model_dtype)
     if req.text:
         from probekit.tasks.text import TextTask
 
@@ -166,7 +167,7 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         valid = np.asarray(base["valid"].values) if "valid" in base else None
         _fill(store, adapter, req, inputs, None, on_progress, valid)
         if req.random_init:
-            rand = load_adapter(host, req.model, random_init=True, device=req.device)
+            rand = load_adapter(host, req.model, random_init=True, device=req.device, dtype=req.model_dtype)
             if not store.has_group(schema.RANDOM_INIT_GROUP):
                 _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
             _fill(store, rand, req, inputs, schema.RANDOM_INIT_GROUP, on_progress, valid)

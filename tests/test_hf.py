@@ -395,3 +395,22 @@ def test_text_needs_a_tokenizer_and_a_readable_file(tmp_path, tiny_checkpoint, c
 
     with pytest.raises(DataError, match="bad.jsonl:1 is not a JSON object with a 'text' field"):
         read_prompts(bad)
+
+
+def test_model_dtype_bfloat16_caches_close_to_float32(hf_models, tmp_path):
+    import numpy as np
+
+    from probekit.cache import CacheRequest, run_cache
+    from probekit.plugins import PluginHost
+
+    path, _ = hf_models["llama"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat sat on the mat\na dog ran far away\n")
+    host = PluginHost.default(entry_points=False)
+    ref = run_cache(host, CacheRequest(model=f"hf:{path}", out=str(tmp_path / "f32.zarr"), text=str(prompts),
+                                       dtype="float32"))
+    bf = run_cache(host, CacheRequest(model=f"hf:{path}", out=str(tmp_path / "bf16.zarr"), text=str(prompts),
+                                      dtype="float32", model_dtype="bfloat16"))
+    a, b = ref.dataset().resid.values, bf.dataset().resid.values
+    assert bf.attrs()["request"]["model_dtype"] == "bfloat16"
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.05 * np.abs(a).max()

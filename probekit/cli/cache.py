@@ -25,6 +25,8 @@ def cache(
     seed: int = typer.Option(1, help="Seed of the task samples (use one unseen in training)."),
     site: Optional[List[str]] = typer.Option(None, "--site", help="Site to cache (repeatable; default resid)."),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 (overflow-checked) or float32."),
+    model_dtype: Optional[str] = typer.Option(None, "--model-dtype",
+                                              help="Compute dtype of hf: models: float32, bfloat16 or float16."),
     random_init: bool = typer.Option(False, "--random-init", help="Also cache a random-init model of the same "
                                      "architecture (a probe baseline) into the store's random_init group."),
     batch_size: int = typer.Option(256, help="Sequences per forward pass."),
@@ -47,7 +49,7 @@ def cache(
     req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
                        sites=tuple(site or ("resid",)), dtype=dtype, random_init=random_init,
                        batch_size=batch_size, device=device, block=block,
-                       text=str(text) if text else None, max_len=max_len)
+                       text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype)
     total = n_samples * (2 if random_init else 1)
     err = stderr_console()
     plan: dict = {}

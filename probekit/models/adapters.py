@@ -184,8 +184,20 @@ def adapter_site_layout(adapter, site: str, seq_len: int):
     return schema.ACTIVATION_DIMS, (adapter.sites[site], seq_len, adapter.d_model)
 
 
-def load_adapter(host, spec: str, *, random_init: bool = False, device: str = "cpu"):
-    """Resolve ``spec`` through the host's model registry and load it."""
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_adapter(host, spec: str, *, random_init: bool = False, device: str = "cpu", dtype: str | None = None):
+    """Resolve ``spec`` through the host's model registry and load it (``dtype``: the model's
+    compute dtype, for adapters that support it; None keeps the adapter's default)."""
     scheme, rest = parse_spec(spec)
     adapter_cls = host.models.get(scheme)
-    return adapter_cls.load(rest, random_init=random_init, device=device)
+    if dtype is None:
+        return adapter_cls.load(rest, random_init=random_init, device=device)
+    if dtype not in MODEL_DTYPES:
+        raise UsageError(f"unknown model dtype {dtype!r}; choose from: {', '.join(MODEL_DTYPES)}")
+    import inspect
+
+    if "dtype" not in inspect.signature(adapter_cls.load).parameters:
+        raise UsageError(f"model scheme {scheme!r} does not take a model dtype")
+    return adapter_cls.load(rest, random_init=random_init, device=device, dtype=dtype)
