@@ -65,7 +65,8 @@ def _to_store_dtype(site: str, acts: np.ndarray, dtype: str) -> np.ndarray:
     One finiteness scan of the *cast* array covers both (overflow becomes inf in float16);
     the slower diagnosis runs only when something is wrong.
     """
-    out = acts.astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is detected (and explained) below
+        out = acts.astype(dtype)
     if np.isfinite(out).all():
         return out
     if not np.isfinite(acts).all():
