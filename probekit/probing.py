@@ -40,8 +40,7 @@ from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, cross_validate, group
 from probekit.registry import construct
 from probekit.store import Store
 
-CONDITIONS = ("model", "shuffled", "random_init")
-BASELINES = ("shuffled", "random_init")
+CONDITIONS = ("model", "shuffled", "random_init")  # in this order, those the store supports
 METRICS = ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows",
            "accuracy", "acc_lo", "acc_hi", "control_accuracy", "selectivity")  # the last five: categorical
 

@@ -36,35 +36,51 @@ def results_table(results, site: str | None = None, title: str | None = None):
     table.add_column("exp.", justify="right", no_wrap=True, min_width=4)
     for layer in results.layer.values:
         table.add_column(f"L{int(layer)}", justify="right", no_wrap=True, min_width=9)
+    overlap = lambda t, li: bool(shown and sel.overlaps_baseline.sel(target=t).values[li])  # noqa: E731
     for t in results.target.values:
         if _is_categorical(results, t):
-            table.add_row(str(t), _exp(results, t), *_categorical_cells(sel, t, shown))
-            continue
-        model = sel.r2.sel(condition="model", target=t).values
-        best = int(np.nanargmax(model)) if np.isfinite(model).any() else -1
-        exp = int(results.expected_layer.sel(target=t))
-        cells = []
-        for li, val in enumerate(model):
-            if not np.isfinite(val):
-                cells.append("—")
-                continue
-            text = f"{val:.3f}"
-            if li == best:
-                text = f"[bold]{text}[/bold]"
-            if shown and has_ci and bool(sel.overlaps_baseline.sel(target=t).values[li]):
-                text = f"[dim]~{text}[/dim]"
-            lines = [text]
-            lo, hi = (float(sel[v].sel(condition="model", target=t).values[li]) for v in ("r2_lo", "r2_hi"))
-            if np.isfinite(lo):
-                lines.append(f"[dim]±{(hi - lo) / 2:.3f}[/dim]")
-            if shown:
-                lines.append("[dim]" + "/".join(_short(sel.r2.sel(condition=c, target=t).values[li])
-                                                for c in shown) + "[/dim]")
-            if li == best:
-                lines.append(f"[dim]α {float(sel.alpha.sel(condition='model', target=t).values[li]):.0e}[/dim]")
-            cells.append("\n".join(lines))
-        table.add_row(str(t), str(exp) if exp >= 0 else "", *cells)
+            def below(li, t=t):
+                sel_value = float(sel.selectivity.sel(condition="model", target=t).values[li])
+                lines = [f"[dim]sel {sel_value:+.2f}[/dim]"] if np.isfinite(sel_value) else []
+                return lines + _baselines(sel, "accuracy", t, li, shown)
+
+            cells = _cells(sel, t, "accuracy", lambda v: f"acc {v:.2f}", overlap, below)
+        else:
+            def below(li, best, t=t):
+                lo, hi = (float(sel[v].sel(condition="model", target=t).values[li]) for v in ("r2_lo", "r2_hi"))
+                lines = [f"[dim]±{(hi - lo) / 2:.3f}[/dim]"] if np.isfinite(lo) else []
+                lines += _baselines(sel, "r2", t, li, shown)
+                if li == best:
+                    lines.append(f"[dim]α {float(sel.alpha.sel(condition='model', target=t).values[li]):.0e}[/dim]")
+                return lines
+
+            cells = _cells(sel, t, "r2", lambda v: f"{v:.3f}", lambda t_, li: has_ci and overlap(t_, li), below,
+                           pass_best=True)
+        table.add_row(str(t), _exp(results, t), *cells)
     return table
+
+
+def _cells(sel, t, metric, fmt, flagged, below, pass_best=False) -> list[str]:
+    """One cell per layer: the model's value (bold at the best layer, dimmed and marked ``~`` when
+    flagged) over the dim lines ``below(layer)`` adds."""
+    values = sel[metric].sel(condition="model", target=t).values
+    best = int(np.nanargmax(values)) if np.isfinite(values).any() else -1
+    cells = []
+    for li, val in enumerate(values):
+        if not np.isfinite(val):
+            cells.append("—")
+            continue
+        text = f"[bold]{fmt(val)}[/bold]" if li == best else fmt(val)
+        if flagged(t, li):
+            text = f"[dim]~{text}[/dim]"
+        cells.append("\n".join([text, *(below(li, best) if pass_best else below(li))]))
+    return cells
+
+
+def _baselines(sel, metric, t, li, shown) -> list[str]:
+    if not shown:
+        return []
+    return ["[dim]" + "/".join(_short(sel[metric].sel(condition=c, target=t).values[li]) for c in shown) + "[/dim]"]
 
 
 def _is_categorical(results, t) -> bool:
@@ -74,30 +90,6 @@ def _is_categorical(results, t) -> bool:
 def _exp(results, t) -> str:
     exp = int(results.expected_layer.sel(target=t))
     return str(exp) if exp >= 0 else ""
-
-
-def _categorical_cells(sel, t, shown) -> list[str]:
-    """Held-out accuracy; below it selectivity (vs the control task) and the baselines' accuracy."""
-    acc = sel.accuracy.sel(condition="model", target=t).values
-    best = int(np.nanargmax(acc)) if np.isfinite(acc).any() else -1
-    cells = []
-    for li, val in enumerate(acc):
-        if not np.isfinite(val):
-            cells.append("—")
-            continue
-        text = f"acc {val:.2f}"
-        text = f"[bold]{text}[/bold]" if li == best else text
-        if shown and bool(sel.overlaps_baseline.sel(target=t).values[li]):
-            text = f"[dim]~{text}[/dim]"
-        lines = [text]
-        selectivity = float(sel.selectivity.sel(condition="model", target=t).values[li])
-        if np.isfinite(selectivity):
-            lines.append(f"[dim]sel {selectivity:+.2f}[/dim]")
-        if shown:
-            lines.append("[dim]" + "/".join(_short(sel.accuracy.sel(condition=c, target=t).values[li])
-                                            for c in shown) + "[/dim]")
-        cells.append("\n".join(lines))
-    return cells
 
 
 def _level(results) -> str:
