@@ -79,6 +79,21 @@ def _to_store_dtype(site: str, acts: np.ndarray, dtype: str) -> np.ndarray:
     )
 
 
+def _check_layouts(adapter, sites, seq_len: int) -> None:
+    """Sites sharing a dimension (``layer`` or ``block``) must agree on its length in one Dataset."""
+    from probekit.models.adapters import adapter_site_layout
+
+    sizes: dict[str, dict[str, int]] = {}
+    for site in sites:
+        dims, shape = adapter_site_layout(adapter, site, seq_len)
+        sizes.setdefault(dims[1], {})[site] = shape[0]
+    for dim, by_site in sizes.items():
+        if len(set(by_site.values())) > 1:
+            listed = ", ".join(f"{s} ({n})" for s, n in by_site.items())
+            raise UsageError(f"sites {listed} have different numbers of {dim}s and cannot share one store; "
+                             "cache them into separate stores")
+
+
 def _describe_difference(old: dict, new: dict) -> str:
     diffs = [f"{k}: store has {old.get(k)!r}, asked for {new[k]!r}" for k in new if old.get(k) != new[k]]
     return "; ".join(diffs)
@@ -137,10 +152,13 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         params.update(req.task_params)
         task = host.tasks.get(task_name)(**params)
         req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
+    if hasattr(adapter, "prepare"):  # adapters of plain modules learn their sizes from one sample
+        adapter.prepare(np.asarray(task.generate(1, req.seed)[task.io.input_var].values))
     for site in req.sites:
         if site not in adapter.sites:
             raise UnknownNameError("site", site, adapter.sites)
 
+    _check_layouts(adapter, req.sites, task.io.seq_len)
     store = Store(req.out)
     seq_len = task.io.seq_len
     needed = estimate_bytes(req, adapter, seq_len)
@@ -169,6 +187,8 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         _fill(store, adapter, req, inputs, None, on_progress, valid)
         if req.random_init:
             rand = load_adapter(host, req.model, random_init=True, device=req.device, dtype=req.model_dtype)
+            if hasattr(rand, "prepare"):
+                rand.prepare(inputs[:1])
             if not store.has_group(schema.RANDOM_INIT_GROUP):
                 _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
             _fill(store, rand, req, inputs, schema.RANDOM_INIT_GROUP, on_progress, valid)
