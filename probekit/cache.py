@@ -162,6 +162,8 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     store = Store(req.out)
     seq_len = task.io.seq_len
     needed = estimate_bytes(req, adapter, seq_len)
+    if store.path.exists() and not store.exists() and not overwrite:
+        raise StoreError(f"{req.out} exists and is not a probekit store; choose another --out")
     with store.lock():
         resuming = store.exists() and not overwrite
         free = check_disk(store.path, 0 if resuming else needed)

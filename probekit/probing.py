@@ -62,6 +62,18 @@ class ProbeSettings:
     device: str = "cpu"
     options: dict = field(default_factory=dict)  # hypothesis options
 
+    def __post_init__(self):
+        checks = [(self.n_folds >= 2, f"folds must be >= 2, got {self.n_folds}"),
+                  (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
+                  (self.n_perm >= 1, f"n_perm must be >= 1, got {self.n_perm}"),
+                  (self.n_perm_categorical >= 1, f"n_perm_categorical must be >= 1, got {self.n_perm_categorical}"),
+                  (0 < self.ci_level < 1, f"ci_level must be in (0, 1), got {self.ci_level}"),
+                  (self.logistic_C > 0, f"logistic_C must be > 0, got {self.logistic_C}"),
+                  (len(self.rel_alphas) > 0 and min(self.rel_alphas) > 0, "rel_alphas must be positive")]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
 
 class SerialExecutor:
     """Runs block jobs in this process."""
@@ -168,8 +180,6 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
 
     n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     folds = grouped_folds(n, settings.n_folds, settings.seed)
-    if settings.n_perm < 1:
-        raise UsageError("n_perm must be >= 1")
     conditions = ["model"]
     if settings.baselines:
         conditions.append("shuffled")

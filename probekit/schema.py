@@ -57,7 +57,7 @@ REQUIRED_ATTRS = (
 )
 MANIFEST_ATTR = "blocks_done"  # sample blocks fully written, per group
 BLOCK_ATTR = "sample_block"  # samples per block (chunk size along `sample`)
-STORE_DTYPES = ("float16", "bfloat16", "float32")
+STORE_DTYPES = ("float16", "float32")  # numpy (hence zarr here) has no bfloat16
 
 
 def activation_sites(ds: "xr.Dataset") -> list[str]:

@@ -98,3 +98,21 @@ def test_debug_shows_the_traceback():
     res = subprocess.run([sys.executable, "-m", "probekit", "probe", "/nonexistent.zarr", "-H", "rls"],
                          capture_output=True, text=True)
     assert res.returncode == 1 and res.stderr.strip() == "error: no store at /nonexistent.zarr"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "bfloat16"], "error: unknown dtype 'bfloat16'; choose from: float16, float32"),
+    (["-n", "0"], "error: --n-samples must be >= 1"),
+])
+def test_cache_option_errors_are_one_line(capsys, tmp_path, trained, args, message):
+    code, _, err = cli(capsys, "cache", "--model", f"toy:{trained}", "--out", str(tmp_path / "s.zarr"), *args)
+    assert code == 2 and err.strip() == message
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--folds", "1"], "folds must be >= 2"),
+    (["--n-boot", "-5"], "n_boot must be >= 0"),
+])
+def test_probe_option_errors_are_one_line(capsys, tmp_path, args, message):
+    code, _, err = cli(capsys, "probe", str(tmp_path / "none.zarr"), "-H", "rls", *args)
+    assert code == 2 and err.strip() == f"error: {message}, got {args[1]}"

@@ -71,15 +71,15 @@ def cache(
         store = run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start)
     ds = store.dataset()
     on_disk = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
-    summary = {"store": str(store.path), "sites": {s: list(ds[s].shape) for s in ds.attrs["sites"]},
+    summary = {"store": str(store.path), "sites": {s: dict(zip(ds[s].dims, ds[s].shape)) for s in ds.attrs["sites"]},
                "n_samples": ds.sizes["sample"], "dims": {k: int(v) for k, v in ds.sizes.items()},
                "dtype": ds.attrs["dtype"], "random_init": store.has_group("random_init"),
                "bytes_on_disk": on_disk, "seconds": round(time.perf_counter() - started, 2)}
     if as_json:
         print_json(summary)
     else:
-        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary["sites"].items())
-        err.print(f"cached {shapes} (sample, layer, pos, feature) into [bold]{store.path}[/bold]: "
+        shapes = ", ".join(f"{k} ({', '.join(f'{d}={n}' for d, n in v.items())})" for k, v in summary["sites"].items())
+        err.print(f"cached {shapes} into [bold]{store.path}[/bold]: "
                   f"{on_disk / 2**20:,.1f} MiB on disk in {summary['seconds']} s")
 
 
