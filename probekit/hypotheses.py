@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 import numpy as np
 
 from probekit import schema
-from probekit.errors import DataError, StoreError
+from probekit.errors import DataError, PluginError, ProbekitError, StoreError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -66,7 +66,14 @@ class Hypothesis:
     def targets(self, ds: "xr.Dataset") -> "xr.Dataset":
         """Check the store and return the validated targets Dataset."""
         self.check(ds)
-        out = make_targets(self.compute(ds), n_samples=ds.sizes[schema.SAMPLE], n_pos=ds.sizes[schema.POS])
+        try:
+            computed = self.compute(ds)
+        except ProbekitError:
+            raise
+        except Exception as exc:  # a plugin's bug: name it, keep it one line
+            raise PluginError(f"hypothesis {self.name!r} failed computing its targets: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        out = make_targets(computed, n_samples=ds.sizes[schema.SAMPLE], n_pos=ds.sizes[schema.POS])
         out.attrs.update({"hypothesis": self.name, "options": dict(self.options)})
         return out
 

@@ -114,3 +114,19 @@ def test_builtin_plugins_come_from_entry_points():
     rls = next(r for r in rows if r["plugin"] == "rls")
     assert rls["distribution"].startswith("probekit-lab")
     assert rls["tasks"] == ["lds"] and rls["hypotheses"] == ["rls"]
+
+
+def test_a_hypothesis_that_crashes_is_a_plugin_error_naming_it(tiny_store):
+    from probekit.probing import run_probe
+
+    class Broken(Hypothesis):
+        name = "broken"
+        requires = ("x",)
+
+        def compute(self, ds):
+            return 1 / 0
+
+    host = PluginHost(get_plugin_manager(pin=["rls"], plugins=[
+        make_plugin("broken_plugin", probekit_register_hypotheses=lambda register: register("broken", Broken))]))
+    with pytest.raises(PluginError, match="hypothesis 'broken' failed computing its targets: ZeroDivisionError"):
+        run_probe(host, tiny_store, "broken")
