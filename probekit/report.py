@@ -198,7 +198,7 @@ def plot_r2_by_position(results, path: str | Path, site: str | None = None, cond
     targets = [str(t) for t in results.target.values]
     ncol = min(3, len(targets))
     nrow = -(-len(targets) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.4 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.7 * nrow), squeeze=False, layout="constrained")
     for ax, t in zip(axes.flat, targets):
         img = ax.imshow(data.sel(target=t).values, aspect="auto", origin="lower", vmin=0, vmax=1,
                         cmap="viridis", interpolation="nearest")
