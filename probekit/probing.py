@@ -81,6 +81,14 @@ class SerialExecutor:
     def map(self, fn: Callable, jobs: list[tuple]) -> list:
         return [fn(*job) for job in jobs]
 
+    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable):
+        """``reduce`` the results as they come: one block's result is held at a time."""
+        total = None
+        for job in jobs:
+            part = fn(*job)
+            total = part if total is None else reduce(total, part)
+        return total
+
 
 class DaskExecutor:
     """Runs block jobs on a dask.distributed cluster; each worker reads its own chunks."""
@@ -91,6 +99,17 @@ class DaskExecutor:
     def map(self, fn: Callable, jobs: list[tuple]) -> list:
         futures = [self.client.submit(fn, *job, pure=False) for job in jobs]
         return self.client.gather(futures)
+
+    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable):
+        """Results are fetched and reduced as they complete (any order: the reduction is a sum)."""
+        from dask.distributed import as_completed
+
+        total = None
+        for future in as_completed([self.client.submit(fn, *job, pure=False) for job in jobs]):
+            part = future.result()
+            future.release()
+            total = part if total is None else reduce(total, part)
+        return total
 
 
 @lru_cache(maxsize=64)
@@ -316,17 +335,17 @@ def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, setting
     s0, s1 = first  # the shift only needs to be common to all blocks, not exact
     shift = (_read(src, layer, s0, s1)[mask[s0:s1]].astype(np.float64).mean(0),
              y[s0:s1][mask[s0:s1]].astype(np.float64).mean(0))
-    parts = executor.map(accumulate_block, [
+    total = executor.map_reduce(accumulate_block, [
         (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], settings.n_folds, shift, settings.per_pos, settings.device)
-        for a, b in blocks])
+        for a, b in blocks], _add_block_stats)
     col_groups = np.repeat(np.arange(len(ks)), ks)
-    stats = _merge([p["pooled"] for p in parts], settings.device)
+    stats = FoldStats.from_numpy(total["pooled"], settings.device)
     res = cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas)
     per_pos = None
     if settings.per_pos:
         per_pos = []
         for t in range(mask.shape[1]):
-            st = _merge([p["per_pos"][t] for p in parts], settings.device)
+            st = FoldStats.from_numpy(total["per_pos"][t], settings.device)
             ok = float(st.n.min()) > 0 and int(st.n.sum()) > settings.n_folds
             per_pos.append(cross_validate(st, col_groups=col_groups, rel_alphas=settings.rel_alphas) if ok else None)
     if not score:
@@ -337,11 +356,24 @@ def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, setting
     return res, [scoring.concat([h[i] for h in held]) for i in range(len(cols))], per_pos
 
 
-def _merge(parts: list[dict], device: str) -> FoldStats:
-    total = FoldStats.from_numpy(parts[0], device)
-    for p in parts[1:]:
-        total.merge(FoldStats.from_numpy(p, device))
-    return total
+def _add_stats(a: dict, b: dict) -> dict:
+    """Sum two blocks' statistics (numpy dicts from ``FoldStats.to_numpy``) in place into ``a``."""
+    if b["x_shift"] is None:
+        return a
+    if a["x_shift"] is None:
+        return b
+    if not (np.array_equal(a["x_shift"], b["x_shift"]) and np.array_equal(a["y_shift"], b["y_shift"])):
+        raise StoreError("internal error: block statistics accumulated with different shifts")
+    for name in FoldStats.FIELDS:
+        a[name] += b[name]
+    return a
+
+
+def _add_block_stats(a: dict, b: dict) -> dict:
+    a["pooled"] = _add_stats(a["pooled"], b["pooled"])
+    if "per_pos" in a:
+        a["per_pos"] = [_add_stats(x, y) for x, y in zip(a["per_pos"], b["per_pos"])]
+    return a
 
 
 def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names, tds, values, T,
