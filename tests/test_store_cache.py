@@ -207,3 +207,42 @@ def test_every_toy_site_caches_with_its_own_layout_and_probes_line_up(tmp_path, 
                                                               targets=("current_state",)))
     assert list(res.site.values) == ["resid", "attn_out", "mlp_out"]  # patterns are not probed
     assert np.isnan(res.r2.sel(site="attn_out", layer=0)).all() and np.isfinite(res.r2.sel(site="attn_out", layer=1)).all()
+
+
+def test_checkpoints_through_training_are_kept_and_cacheable(tmp_path, host):
+    from probekit.models import checkpoint
+    from probekit.models.toy import ToyTransformer
+    from probekit.models.train import TrainSettings, train
+    from probekit.models.zoo import build_config
+
+    task = host.tasks.get("lds")(dim=2, length=6)
+    cfg = build_config("linear", task.io, d_model=8, n_heads=2)
+    final = train(task, cfg, TrainSettings(steps=10, batch_size=8, seed=3, checkpoint_every=4), tmp_path / "run")
+    kept = sorted(p.name for p in (final / "checkpoints").iterdir())
+    assert kept == ["step-0000000", "step-0000004", "step-0000008"]
+    hashes = []
+    for name in kept:
+        model = ToyTransformer(checkpoint.read(final / "checkpoints" / name).config)
+        checkpoint.load_weights(model, final / "checkpoints" / name)
+        hashes.append(checkpoint.weights_hash(model))
+    assert len(set(hashes)) == 3  # the weights moved
+    init = ToyTransformer(cfg)
+    import torch
+
+    torch.manual_seed(3)
+    init = ToyTransformer(cfg)
+    assert checkpoint.weights_hash(init) == hashes[0]  # step 0 is the seeded initialisation
+    assert checkpoint.read(final / "checkpoints" / "step-0000008").training["step"] == 8
+    store = run_cache(host, CacheRequest(model=f"toy:{final / 'checkpoints' / 'step-0000004'}",
+                                         out=str(tmp_path / "c4.zarr"), n_samples=10))
+    assert store.attrs()["model_hash"] == hashes[1]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10, 1000])
+def test_the_learning_rate_schedule_is_defined_for_any_length(steps):
+    from probekit.models.train import lr_factor
+
+    f = [lr_factor(steps, 0.1)(s) for s in range(steps)]
+    assert max(f) == pytest.approx(1.0) and min(f) > 0 and all(np.isfinite(f))
+    if steps >= 100:  # (shorter runs warm up in one step)
+        assert f[0] < f[round(0.1 * steps) - 1] and f[-1] < 0.1  # warm-up, then decay

@@ -28,6 +28,8 @@ def train(
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
     seed: int = typer.Option(0, help="Seed for initialisation and data: same seed, same weights."),
     threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every",
+                                         help="Also keep checkpoints every K steps (and at step 0) under OUT/checkpoints/."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
 ) -> None:
@@ -44,7 +46,8 @@ def train(
     task_obj = task_cls(**parse_params(task_cls.Params, param))
     config = build_config(model, task_obj.io, n_layers=layers, d_model=width, n_heads=heads,
                           attention=attention, mlp=mlp, layernorm=layernorm)
-    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                             checkpoint_every=checkpoint_every)
     with progress(f"train {task}", steps, "steps", enabled=not as_json) as update:
         def on_step(step: int, loss: float) -> None:
             if step % 10 == 0 or step == steps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +26,27 @@ class TrainSettings:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 0  # torch threads; 0 leaves torch's default
+    checkpoint_every: int = 0  # also keep a checkpoint every this many steps (0: only the final one)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("training needs steps >= 1, batch_size >= 1 and lr > 0")
+        if self.checkpoint_every < 0:
+            raise UsageError("checkpoint_every must be >= 0")
+
+
+def lr_factor(steps: int, warmup: float):
+    """Linear warm-up over ``warmup`` of the steps (at least one), then cosine decay to 4 % of the
+    peak: a one-cycle shape that, unlike torch's OneCycleLR, is defined for any number of steps."""
+    warm = max(1, round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        return 0.04 + 0.96 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -68,6 +86,10 @@ def train(
 ) -> Path:
     """Train from scratch, save a checkpoint in ``out``, and return its path.
 
+    With ``settings.checkpoint_every = K`` the weights after every K steps (and at step 0,
+    the initialisation) are also kept, as ``out/checkpoints/step-0000500`` etc.: the same
+    format, for training-dynamics work (``toy:out/checkpoints/step-0000500``).
+
     The same ``settings.seed`` gives the same weights: the initialisation and every
     step's data are drawn from it.
     """
@@ -80,11 +102,11 @@ def train(
     torch.manual_seed(settings.seed)
     model = ToyTransformer(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=settings.warmup
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(settings.steps, settings.warmup))
     history: list[tuple[int, float]] = []
     start, running = time.perf_counter(), []
+    if settings.checkpoint_every:
+        _keep(model, config, task, settings, out, 0, history)
     for step in range(settings.steps):
         x, y = batch_tensors(task, task.generate(settings.batch_size, step_seed(settings.seed, step)), device)
         loss = loss_fn(task.io.kind, model(x), y)
@@ -101,6 +123,8 @@ def train(
         if (step + 1) % log_every == 0 or step + 1 == settings.steps:
             history.append((step + 1, float(np.mean(running))))
             running = []
+        if settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
+            _keep(model, config, task, settings, out, step + 1, history)
         if on_step:
             on_step(step + 1, value)
     training = asdict(settings) | {
@@ -112,3 +136,12 @@ def train(
     }
     ckpt = checkpoint.Checkpoint(config, task.name, asdict(task.params), training)
     return checkpoint.save(model.cpu(), ckpt, out)
+
+
+def _keep(model, config: ToyConfig, task: Task, settings: TrainSettings, out, step: int, history) -> Path:
+    """Save the weights at ``step`` under ``out/checkpoints/step-NNNNNNN`` (weights copied to CPU)."""
+    import copy
+
+    info = asdict(settings) | {"step": step, "history": list(history)}
+    ckpt = checkpoint.Checkpoint(config, task.name, asdict(task.params), info)
+    return checkpoint.save(copy.deepcopy(model).cpu(), ckpt, Path(out) / "checkpoints" / f"step-{step:07d}")
