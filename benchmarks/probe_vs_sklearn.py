@@ -147,7 +147,7 @@ def main() -> None:
     from sklearn.model_selection import GroupKFold
 
     n, T, d, k, K, A = args.groups, args.positions, args.features, args.targets, args.folds, args.alphas
-    limits = setup(args.threads)
+    _limits = setup(args.threads)  # keep the threadpool limiter alive for the whole run
     X, Y, group = make_data(n, T, d, k)
     rel = np.logspace(-6, 4, A)  # relative alphas: times trace(centred Gram) / d
     print(f"data: {n} groups x {T} positions = {n * T:,} rows, {d} features, {k} targets, {A} alphas, "

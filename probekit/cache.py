@@ -199,8 +199,6 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
 
 
 def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> None:
-    import xarray as xr
-
     ds = task.generate(req.n_samples, req.seed)
     n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     if n != req.n_samples:

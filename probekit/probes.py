@@ -100,19 +100,6 @@ class FoldStats:
         self.y_shift = torch.as_tensor(np.asarray(y_shift), dtype=torch.float64, device=self.device)
         return self
 
-    def merge(self, other: "FoldStats") -> "FoldStats":
-        """Add another accumulation of the same shape and shift into this one."""
-        torch = _torch()
-        if other.x_shift is None:
-            return self
-        if self.x_shift is None:
-            self.set_shift(other.x_shift.cpu().numpy(), other.y_shift.cpu().numpy())
-        elif not (torch.equal(self.x_shift.cpu(), other.x_shift.cpu()) and torch.equal(self.y_shift.cpu(), other.y_shift.cpu())):
-            raise DataError("cannot merge probe statistics accumulated with different shifts")
-        for name in self.FIELDS:
-            getattr(self, name).add_(getattr(other, name).to(self.device))
-        return self
-
     def to_numpy(self) -> dict:
         """Plain arrays (picklable, device-free): what a worker sends back."""
         out = {name: getattr(self, name).cpu().numpy() for name in self.FIELDS}
@@ -174,6 +161,20 @@ class FoldStats:
         """Summed statistics ``(xtx, xty, sx, sy, yy, n)`` of the given folds."""
         idx = list(folds)
         return tuple(a[idx].sum(0) for a in (self.xtx, self.xty, self.sx, self.sy, self.yy, self.n))
+
+
+def sum_stats(a: dict, b: dict) -> dict:
+    """Add two accumulations given as ``FoldStats.to_numpy()`` dicts (into ``a``): how statistics
+    of separate blocks or dask workers combine. Both must use the same shift."""
+    if b["x_shift"] is None:
+        return a
+    if a["x_shift"] is None:
+        return b
+    if not (np.array_equal(a["x_shift"], b["x_shift"]) and np.array_equal(a["y_shift"], b["y_shift"])):
+        raise DataError("cannot merge probe statistics accumulated with different shifts")
+    for name in FoldStats.FIELDS:
+        a[name] += b[name]
+    return a
 
 
 @dataclass

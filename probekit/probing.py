@@ -36,7 +36,7 @@ import probekit
 from probekit import schema, scoring
 from probekit.errors import StoreError, UnknownNameError, UsageError
 from probekit.hypotheses import MASK_SUFFIX, TYPES_SUFFIX, target_names
-from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, cross_validate, grouped_folds
+from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, cross_validate, grouped_folds, sum_stats
 from probekit.registry import construct
 from probekit.store import Store
 
@@ -356,23 +356,10 @@ def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, setting
     return res, [scoring.concat([h[i] for h in held]) for i in range(len(cols))], per_pos
 
 
-def _add_stats(a: dict, b: dict) -> dict:
-    """Sum two blocks' statistics (numpy dicts from ``FoldStats.to_numpy``) in place into ``a``."""
-    if b["x_shift"] is None:
-        return a
-    if a["x_shift"] is None:
-        return b
-    if not (np.array_equal(a["x_shift"], b["x_shift"]) and np.array_equal(a["y_shift"], b["y_shift"])):
-        raise StoreError("internal error: block statistics accumulated with different shifts")
-    for name in FoldStats.FIELDS:
-        a[name] += b[name]
-    return a
-
-
 def _add_block_stats(a: dict, b: dict) -> dict:
-    a["pooled"] = _add_stats(a["pooled"], b["pooled"])
+    a["pooled"] = sum_stats(a["pooled"], b["pooled"])
     if "per_pos" in a:
-        a["per_pos"] = [_add_stats(x, y) for x, y in zip(a["per_pos"], b["per_pos"])]
+        a["per_pos"] = [sum_stats(x, y) for x, y in zip(a["per_pos"], b["per_pos"])]
     return a
 
 

@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from probekit.errors import DataError, UsageError
-from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, alpha_grid, cross_validate, grouped_folds
+from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, alpha_grid, cross_validate, grouped_folds, sum_stats
 
 
 def make_rows(n_samples=60, T=7, F=6, k=3, noise=0.5, seed=0, offset=100.0):
@@ -139,15 +139,15 @@ def test_statistics_merge_across_workers_equals_one_pass():
     for i, p in enumerate(parts):
         sl = slice(i * 50, (i + 1) * 50)
         p.add(X[sl], Y[sl], fold[sl])
-    merged = FoldStats.from_numpy(parts[0].to_numpy())
+    total = parts[0].to_numpy()
     for p in parts[1:]:
-        merged.merge(FoldStats.from_numpy(p.to_numpy()))
-    a, b = cross_validate(one), cross_validate(merged)
+        total = sum_stats(total, p.to_numpy())
+    a, b = cross_validate(one), cross_validate(FoldStats.from_numpy(total))
     np.testing.assert_allclose(a.sse, b.sse, rtol=1e-10)
     other = FoldStats(3, X.shape[1], Y.shape[1]).set_shift(shift[0] + 1, shift[1])
     other.add(X[:5], Y[:5], fold[:5])
     with pytest.raises(DataError, match="different shifts"):
-        merged.merge(other)
+        sum_stats(total, other.to_numpy())
 
 
 def test_accepts_torch_tensors_and_leaves_inputs_untouched():
