@@ -5,6 +5,13 @@ Dataset*: one variable per target with dims ``(sample, pos, <target>_dim)``, a
 boolean ``<target>_mask (sample, pos)`` marking where it is defined, and attributes
 ``kind`` (``continuous`` or ``categorical``), ``description`` and optionally
 ``expected_layer``. Build it with :func:`make_targets` from :class:`Target` objects.
+
+Two optional methods serve the behavioural lens (``probekit compare``):
+``fit(ds)`` fits the algorithm's own hyperparameters to task data (never to a model)
+and returns ``self``; ``predict(inputs)`` maps a torch tensor of model inputs
+``[batch, pos, features]`` to the algorithm's outputs in the model's output layout
+``[batch, pos, d_out]``, differentiably, so sensitivities ``d output / d input`` of
+model and algorithm can be compared.
 """
 
 from __future__ import annotations
@@ -74,10 +81,27 @@ class Hypothesis:
             raise PluginError(f"hypothesis {self.name!r} failed computing its targets: "
                               f"{type(exc).__name__}: {exc}") from exc
         out = make_targets(computed, n_samples=ds.sizes[schema.SAMPLE], n_pos=ds.sizes[schema.POS])
-        out.attrs.update({"hypothesis": self.name, "options": dict(self.options)})
+        out.attrs.update({"hypothesis": self.name, "options": dict(self.options), "fitted": self.fitted()})
         return out
 
     def compute(self, ds: "xr.Dataset") -> Sequence[Target]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fit(self, ds: "xr.Dataset") -> "Hypothesis":
+        """Fit the algorithm's hyperparameters to task data; the default has none to fit."""
+        return self
+
+    def fitted(self) -> dict:
+        """The fitted hyperparameters (JSON-able), recorded with results; {} if none."""
+        return {}
+
+    @property
+    def can_predict(self) -> bool:
+        """Whether this hypothesis implements :meth:`predict` (the behavioural lens)."""
+        return type(self).predict is not Hypothesis.predict
+
+    def predict(self, inputs):
+        """The algorithm's outputs ``[batch, pos, d_out]`` for model inputs (a torch tensor)."""
         raise NotImplementedError
 
 

@@ -15,7 +15,8 @@ from probekit.cli._common import print_json, progress, stderr_console
 def train(
     task: str = typer.Option("lds", "--task", help="Task to train on (see `probekit plugins`)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
-    model: str = typer.Option("softmax", "--model", help="Toy-model preset: softmax, linear, attn-only."),
+    model: str = typer.Option("softmax", "--model",
+                              help="Toy-model preset: softmax, linear, attn-only, lsa, lsa-recurrent."),
     steps: int = typer.Option(3000, help="Optimiser steps (fresh task samples each step)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
     layers: Optional[int] = typer.Option(None, help="Override the preset's number of layers."),
@@ -26,6 +27,11 @@ def train(
     layernorm: Optional[bool] = typer.Option(None, "--layernorm/--no-layernorm", help="Override: LayerNorm."),
     batch_size: int = typer.Option(128, help="Sequences per step."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
+    warmup: float = typer.Option(0.1, help="Fraction of the steps spent warming the learning rate up."),
+    init_std: Optional[float] = typer.Option(None, "--init-std", help="Std of the initial weights (default: the "
+                                             "preset's; 0.002/layers for lsa)."),
     seed: int = typer.Option(0, help="Seed for initialisation and data: same seed, same weights."),
     threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every",
@@ -45,9 +51,10 @@ def train(
     task_cls = host.tasks.get(task)
     task_obj = task_cls(**parse_params(task_cls.Params, param))
     config = build_config(model, task_obj.io, n_layers=layers, d_model=width, n_heads=heads,
-                          attention=attention, mlp=mlp, layernorm=layernorm)
+                          attention=attention, mlp=mlp, layernorm=layernorm, init_std=init_std)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
-                             checkpoint_every=checkpoint_every)
+                             checkpoint_every=checkpoint_every, weight_decay=weight_decay, grad_clip=grad_clip,
+                             warmup=warmup)
     with progress(f"train {task}", steps, "steps", enabled=not as_json) as update:
         def on_step(step: int, loss: float) -> None:
             if step % 10 == 0 or step == steps:

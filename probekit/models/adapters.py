@@ -84,7 +84,7 @@ class ToyAdapter:
             "attn_out": [f"blocks.{i}.hook_attn_out" for i in range(n)],
             "attn_pattern": [f"blocks.{i}.attn.hook_pattern" for i in range(n)],
         }
-        if cfg.mlp:
+        if cfg.mlp and cfg.arch == "transformer":
             self.hook_names["mlp_out"] = [f"blocks.{i}.hook_mlp_out" for i in range(n)]
 
     @classmethod
@@ -92,13 +92,13 @@ class ToyAdapter:
         import torch
 
         from probekit.models import checkpoint
-        from probekit.models.toy import ToyTransformer
+        from probekit.models.toy import build_model
 
         device = resolve_device(device)
         ckpt = checkpoint.read(Path(rest))
         if random_init:
             torch.manual_seed(init_seed)
-        model = ToyTransformer(ckpt.config)
+        model = build_model(ckpt.config)
         if not random_init:
             checkpoint.load_weights(model, rest)
         return cls(model.to(device).eval(), ckpt, f"toy:{rest}", random_init=random_init,

@@ -29,6 +29,7 @@ from probekit.errors import UsageError
 
 ATTENTION_KINDS = ("softmax", "linear")
 INPUT_KINDS = ("continuous", "tokens")
+ARCHS = ("transformer", "lsa")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,18 @@ class ToyConfig:
     max_len: int = 128
     positional: bool = True  # learned positional embeddings
     causal: bool = True
+    arch: str = "transformer"  # or "lsa": von Oswald's linear self-attention on raw tokens (probekit.models.lsa)
+    shared: bool = False  # lsa: every layer uses the same weights (a recurrent / looped model)
+    init_std: float = 0.0  # std of the initial weights; 0 means the arch's default
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise UsageError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch == "lsa" and (self.input_kind != "continuous" or self.d_model != self.d_in
+                                   or self.d_out > self.d_in):
+            raise UsageError("an lsa model reads continuous tokens as its residual stream: it needs "
+                             f"d_model == d_in and d_out <= d_in (got d_in={self.d_in}, d_model={self.d_model}, "
+                             f"d_out={self.d_out}, input_kind={self.input_kind!r})")
         if self.attention not in ATTENTION_KINDS:
             raise UsageError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}")
         if self.input_kind not in INPUT_KINDS:
@@ -145,7 +156,7 @@ class ToyTransformer(nn.Module):
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
             if p.dim() >= 2:
-                nn.init.normal_(p, std=0.02)
+                nn.init.normal_(p, std=self.cfg.init_std or 0.02)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
@@ -160,3 +171,13 @@ class ToyTransformer(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.hook_out(self.unembed(self.ln_f(h)))
+
+
+def build_model(cfg: ToyConfig) -> nn.Module:
+    """The toy model a config describes: a :class:`ToyTransformer` or, for ``arch="lsa"``, an
+    :class:`~probekit.models.lsa.LSATransformer` (same hook names)."""
+    if cfg.arch == "lsa":
+        from probekit.models.lsa import LSATransformer
+
+        return LSATransformer(cfg)
+    return ToyTransformer(cfg)

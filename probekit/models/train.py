@@ -55,20 +55,26 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def batch_tensors(task: Task, ds, device="cpu"):
-    """Model inputs and training targets of a task Dataset, as tensors."""
+    """Model inputs, training targets and the loss mask (None: every position) of a task Dataset."""
     import torch
 
     io = task.io
     x = torch.as_tensor(np.asarray(ds[io.input_var].values), device=device)
     y = torch.as_tensor(np.asarray(ds[io.target_var].values), device=device)
+    mask = None
+    if io.loss_mask_var is not None:
+        mask = torch.as_tensor(np.asarray(ds[io.loss_mask_var].values, dtype=bool), device=device)
     if io.kind == "continuous":
-        return x.float(), y.float()
-    return x.long(), y.long()
+        return x.float(), y.float(), mask
+    return x.long(), y.long(), mask
 
 
-def loss_fn(kind: str, out, y):
+def loss_fn(kind: str, out, y, mask=None):
+    """Mean squared error (continuous) or cross-entropy (tokens) over the positions in ``mask``."""
     import torch.nn.functional as F
 
+    if mask is not None:
+        out, y = out[mask], y[mask]  # [rows, d] / [rows, (d)]
     if kind == "continuous":
         return ((out - y) ** 2).mean()
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
@@ -95,12 +101,12 @@ def train(
     """
     import torch
 
-    from probekit.models.toy import ToyTransformer
+    from probekit.models.toy import build_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    model = ToyTransformer(config).to(device)
+    model = build_model(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(settings.steps, settings.warmup))
     history: list[tuple[int, float]] = []
@@ -108,8 +114,8 @@ def train(
     if settings.checkpoint_every:
         _keep(model, config, task, settings, out, 0, history)
     for step in range(settings.steps):
-        x, y = batch_tensors(task, task.generate(settings.batch_size, step_seed(settings.seed, step)), device)
-        loss = loss_fn(task.io.kind, model(x), y)
+        x, y, mask = batch_tensors(task, task.generate(settings.batch_size, step_seed(settings.seed, step)), device)
+        loss = loss_fn(task.io.kind, model(x), y, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:

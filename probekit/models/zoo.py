@@ -14,6 +14,11 @@ PRESETS: dict[str, dict] = {
     "linear": dict(n_layers=2, d_model=64, n_heads=4, attention="linear", mlp=False, layernorm=False),
     # softmax attention-only (induction-head experiments)
     "attn-only": dict(n_layers=2, d_model=64, n_heads=4, attention="softmax", mlp=False, layernorm=True),
+    # von Oswald et al.'s linear self-attention on raw tokens, one head, K layers with their own weights
+    "lsa": dict(arch="lsa", n_layers=1, n_heads=1, attention="linear", mlp=False, layernorm=False, positional=False),
+    # the same with one set of weights looped over the layers (von Oswald's recurrent model)
+    "lsa-recurrent": dict(arch="lsa", n_layers=2, n_heads=1, attention="linear", mlp=False, layernorm=False,
+                          positional=False, shared=True),
 }
 
 
@@ -23,5 +28,7 @@ def build_config(preset: str, io: ModelIO, **overrides) -> ToyConfig:
         raise UnknownNameError("model preset", preset, PRESETS)
     fields = dict(PRESETS[preset])
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields.get("arch") == "lsa":
+        fields.setdefault("d_model", io.d_in)  # the tokens are the residual stream
     fields.update(d_in=io.d_in, d_out=io.d_out, input_kind=io.kind, max_len=io.seq_len)
     return ToyConfig.from_dict(fields)

@@ -37,6 +37,11 @@ class ModelIO:
     :param d_in: input features (or vocabulary size for tokens).
     :param d_out: output features (or vocabulary size).
     :param seq_len: number of positions.
+    :param loss_mask_var: optional boolean variable ``(sample, pos)``: the positions where the
+        model is trained and compared (e.g. only the query of a regression prompt); None: all.
+    :param sensitivity_features: optional ``(start, stop)``: the input features whose
+        gradient ``d output / d input`` at the compared positions the behavioural comparison
+        reports (e.g. the ``x_q`` part of a query token ``(x_q, 0)``); None: all features.
     """
 
     input_var: str
@@ -45,6 +50,8 @@ class ModelIO:
     d_in: int
     d_out: int
     seq_len: int
+    loss_mask_var: str | None = None
+    sensitivity_features: tuple[int, int] | None = None
 
 
 class Task:
