@@ -45,13 +45,70 @@ class CacheRequest:
     model_dtype: str | None = None  # compute dtype of the model (hf: float32, bfloat16, float16)
     text: str | None = None  # a .txt/.jsonl file of prompts instead of a task
     max_len: int | None = None  # truncate prompts to this many tokens
+    checkpoints: str | None = None  # a directory of toy checkpoints or a glob: cache through each of them
+    checkpoint_paths: tuple[str, ...] = ()  # what ``checkpoints`` resolved to (set by run_cache)
+    logits: str = "keep"  # the model output: keep, skip or topk:K
 
     def identity(self) -> dict:
         """The fields that must match for a resume. Not batch size, device or block (a resumed
         store keeps the block size it was created with), nor random_init: the random-init
-        group can be added to a finished store later."""
+        group can be added to a finished store later. Checkpoints (the resolved list, not
+        the glob that found them) and a non-default ``logits`` are added only when used, so
+        plain stores record what they always did."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))  # as stored: tuples become lists
-        return {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "model_dtype")}
+        out = {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "model_dtype")}
+        if self.checkpoint_paths:
+            out["checkpoints"] = d["checkpoint_paths"]
+        if self.logits != "keep":
+            out["logits"] = self.logits
+        return out
+
+
+IDENTITY_DEFAULTS = {"checkpoints": None, "logits": "keep"}  # identity keys a plain request leaves out
+LOGITS_MODES = ("keep", "skip", "topk:K")
+
+
+def parse_logits(spec: str, d_out: int | None = None) -> int | None:
+    """``keep`` -> None (store ``model_out``), ``skip`` -> 0 (store nothing), ``topk:K`` -> K."""
+    if spec == "keep":
+        return None
+    if spec == "skip":
+        return 0
+    kind, _, k = spec.partition(":")
+    if kind != "topk" or not k.isdigit() or int(k) < 1:
+        raise UsageError(f"--logits {spec!r}: choose from {', '.join(LOGITS_MODES)} (K a positive integer)")
+    if d_out is not None and int(k) > d_out:
+        raise UsageError(f"--logits {spec}: the model has only {d_out} outputs per position")
+    return int(k)
+
+
+def output_layout(req: CacheRequest, d_out: int, T: int) -> list[tuple[str, tuple, tuple, str]]:
+    """``(name, per-sample shape, dims after sample, dtype)`` of each model-output variable stored."""
+    k = parse_logits(req.logits, d_out)
+    if k is None:
+        return [(schema.OUTPUT_VAR, (T, d_out), (schema.POS, schema.OUTPUT_FEATURE), "float32")]
+    if k == 0:
+        return []
+    index = "int32" if d_out < 2**31 else "int64"
+    return [(schema.TOPK_VALUES_VAR, (T, k), (schema.POS, schema.TOPK), "float32"),
+            (schema.TOPK_INDICES_VAR, (T, k), (schema.POS, schema.TOPK), index)]
+
+
+def _outputs(req: CacheRequest, out: np.ndarray) -> dict[str, np.ndarray]:
+    """The model output ``[batch, pos, d_out]`` as the variables ``req.logits`` asks for
+    (top-k: largest first; among equal values, the order ``argpartition`` leaves them in)."""
+    k = parse_logits(req.logits)
+    if k is None:
+        return {schema.OUTPUT_VAR: out}
+    if k == 0:
+        return {}
+    idx = np.argpartition(-out, k - 1, axis=-1)[..., :k] if k < out.shape[-1] else np.broadcast_to(
+        np.arange(out.shape[-1]), out.shape).copy()
+    vals = np.take_along_axis(out, idx, -1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    idx, vals = np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)
+    index_dtype = "int32" if out.shape[-1] < 2**31 else "int64"
+    return {schema.TOPK_VALUES_VAR: vals.astype(np.float32), schema.TOPK_INDICES_VAR: idx.astype(index_dtype)}
 
 
 def sample_block(n_samples: int, bytes_per_sample: int) -> int:
@@ -95,7 +152,14 @@ def _check_layouts(adapter, sites, seq_len: int) -> None:
 
 
 def _describe_difference(old: dict, new: dict) -> str:
-    diffs = [f"{k}: store has {old.get(k)!r}, asked for {new[k]!r}" for k in new if old.get(k) != new[k]]
+    from probekit.checkpoints import short_list
+
+    keys = list(new) + [k for k in old if k not in new and k in IDENTITY_DEFAULTS]
+    diffs = []
+    for k in keys:
+        was, asked = old.get(k, IDENTITY_DEFAULTS.get(k)), new.get(k, IDENTITY_DEFAULTS.get(k))
+        if was != asked:
+            diffs.append(f"{k}: store has {short_list(was)}, asked for {short_list(asked)}")
     return "; ".join(diffs)
 
 
@@ -105,8 +169,10 @@ def estimate_bytes(req: CacheRequest, adapter, seq_len: int) -> int:
 
     per_sample = sum(int(np.prod(adapter_site_layout(adapter, s, seq_len)[1])) for s in req.sites)
     per_sample *= np.dtype(req.dtype).itemsize
-    per_sample += seq_len * adapter.d_out * 4
-    return int(per_sample * req.n_samples * (2 if req.random_init else 1))
+    per_sample += sum(int(np.prod(shape)) * np.dtype(dt).itemsize
+                      for _, shape, _, dt in output_layout(req, adapter.d_out, seq_len))
+    copies = len(req.checkpoint_paths) or (2 if req.random_init else 1)
+    return int(per_sample * req.n_samples * copies)
 
 
 def check_disk(path: Path, needed: int) -> int:
@@ -124,11 +190,14 @@ def check_disk(path: Path, needed: int) -> int:
 def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
               on_progress: Callable[[str, int, int], None] | None = None,
               on_start: Callable[[dict], None] | None = None) -> Store:
-    """Cache ``req.sites`` of ``req.model`` on ``req.n_samples`` task samples into ``req.out``.
+    """Cache ``req.sites`` of ``req.model`` on ``req.n_samples`` task samples into ``req.out``
+    (with ``req.checkpoints``: through every checkpoint found there, into a ``checkpoint`` dim).
 
     ``on_start(plan)`` is called once the work is known (``plan``: estimated bytes, free
-    bytes, bytes per sample, blocks to do); ``on_progress(phase, samples_done,
-    samples_total)`` after every block.
+    bytes, bytes per sample, resuming); ``on_progress(phase, samples_done, samples_total)``
+    after every block (with checkpoints, samples count once per checkpoint). Before each
+    call ``plan["written"]`` is updated: the samples, tokens (valid positions) and bytes
+    this run has written so far, for honest rates on a resumed run.
     """
     from probekit.models.adapters import load_adapter
 
@@ -136,6 +205,12 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         raise UsageError(f"unknown dtype {req.dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
     if req.n_samples < 1:
         raise UsageError("--n-samples must be >= 1")
+    parse_logits(req.logits)
+    if not req.model and not req.checkpoints:
+        raise UsageError("pass --model (or --checkpoints with a training run's checkpoints)")
+    refs = None
+    if req.checkpoints:
+        req, refs = _resolve_checkpoints(req)
     adapter = load_adapter(host, req.model, device=req.device, dtype=req.model_dtype)
     if req.text:
         from probekit.tasks.text import TextTask
@@ -157,6 +232,7 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     for site in req.sites:
         if site not in adapter.sites:
             raise UnknownNameError("site", site, adapter.sites)
+    parse_logits(req.logits, adapter.d_out)
 
     _check_layouts(adapter, req.sites, task.io.seq_len)
     store = Store(req.out)
@@ -167,9 +243,12 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     with store.lock():
         resuming = store.exists() and not overwrite
         free = check_disk(store.path, 0 if resuming else needed)
+        copies = len(req.checkpoint_paths) or (2 if req.random_init else 1)
+        plan = {"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
+                "bytes_per_sample": needed // (req.n_samples * copies),
+                "written": {"samples": 0, "tokens": 0, "bytes": 0}}
         if on_start:
-            on_start({"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
-                      "bytes_per_sample": needed // (req.n_samples * (2 if req.random_init else 1))})
+            on_start(plan)
         for leftover in store.path.rglob("*.partial") if store.path.exists() else []:
             leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
         if store.exists() and not overwrite:
@@ -182,23 +261,75 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         elif store.path.exists() and not overwrite:
             raise StoreError(f"{req.out} exists and is not a probekit store; choose another --out")
         else:
-            _create(store, req, task, adapter, overwrite)
+            _create(store, req, task, adapter, overwrite, refs and _checkpoint_coords(host, refs))
         base = Store.open(req.out).dataset()
         inputs = np.asarray(base[task.io.input_var].values)
         valid = np.asarray(base["valid"].values) if "valid" in base else None
-        _fill(store, adapter, req, inputs, None, on_progress, valid)
+        fill = _Fill(store, req, inputs, valid, on_progress, plan["written"])
+        if refs:
+            _fill_checkpoints(host, fill, refs, base, adapter)
+        else:
+            fill(adapter, None)
         if req.random_init:
             rand = load_adapter(host, req.model, random_init=True, device=req.device, dtype=req.model_dtype)
             if hasattr(rand, "prepare"):
                 rand.prepare(inputs[:1])
             if not store.has_group(schema.RANDOM_INIT_GROUP):
                 _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
-            _fill(store, rand, req, inputs, schema.RANDOM_INIT_GROUP, on_progress, valid)
+            fill(rand, schema.RANDOM_INIT_GROUP)
         store.consolidate()
     return store
 
 
-def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> None:
+def _resolve_checkpoints(req: CacheRequest):
+    """``req`` with its checkpoints resolved (``model`` becomes the last of them) and the refs."""
+    from probekit import checkpoints
+    from probekit.models.adapters import parse_spec
+
+    if req.random_init:
+        raise UsageError("--random-init does not combine with --checkpoints: the step-0 checkpoint is the "
+                         "untrained model of the run")
+    if req.text:
+        raise UsageError("--checkpoints caches task inputs; it does not take --text")
+    refs = checkpoints.resolve(req.checkpoints)
+    paths = [r.path for r in refs]
+    given = None
+    if req.model:
+        scheme, rest = parse_spec(req.model)
+        if scheme != "toy":
+            raise UsageError(f"--checkpoints works with toy: checkpoints; --model is {req.model!r}")
+        given = rest
+    checkpoints.check_compatible(paths + ([given] if given and given not in paths else []))
+    return dataclasses.replace(req, model=refs[-1].spec, checkpoint_paths=tuple(paths)), refs
+
+
+def _checkpoint_coords(host, refs) -> dict:
+    from probekit.checkpoints import weights_hashes
+
+    return {schema.CHECKPOINT: np.asarray([r.step for r in refs], dtype=np.int64),
+            schema.CHECKPOINT_PATH: (schema.CHECKPOINT, [r.path for r in refs]),
+            schema.CHECKPOINT_HASH: (schema.CHECKPOINT, weights_hashes(host, refs))}
+
+
+def _fill_checkpoints(host, fill, refs, base, last) -> None:
+    """Each checkpoint with blocks still to write is loaded in turn (one model in memory at a
+    time), checked against the weights hash recorded at creation, and cached."""
+    from probekit.models.adapters import load_adapter
+
+    n_blocks = -(-fill.req.n_samples // fill.store.attrs()[schema.BLOCK_ATTR])
+    done = fill.store.blocks_done()
+    hashes = [str(h) for h in base[schema.CHECKPOINT_HASH].values]
+    for ci, ref in enumerate(refs):
+        if all((ci, b) in done for b in range(n_blocks)):
+            continue
+        adapter = last if ci == len(refs) - 1 else load_adapter(host, ref.spec, device=fill.req.device)
+        if adapter.provenance()["model_hash"] != hashes[ci]:
+            raise StoreError(f"checkpoint {ref.path} has changed since {fill.store.path} was started (its weights "
+                             "hash differs); use --overwrite to start again")
+        fill(adapter, None, unit=(ci, len(refs), f"step {ref.step}"))
+
+
+def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool, ckpt_coords: dict | None) -> None:
     ds = task.generate(req.n_samples, req.seed)
     n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     if n != req.n_samples:
@@ -221,6 +352,9 @@ def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool) -> 
             coords[schema.LAYER] = np.arange(max(shape[0], len(coords.get(schema.LAYER, []))))
         else:
             coords[schema.BLOCK] = np.arange(1, shape[0] + 1)
+    if ckpt_coords:
+        coords.update(ckpt_coords)
+        attrs.update({schema.N_CHECKPOINTS_ATTR: len(req.checkpoint_paths), "checkpoint_source": req.checkpoints})
     base = ds.assign_coords(coords)
     base.attrs = attrs
     Store.create(store.path, base, overwrite=overwrite)
@@ -249,54 +383,81 @@ def _create_group(store: Store, req: CacheRequest, adapter, group: str, T: int) 
     _create_arrays(store, req, adapter, T, group)
 
 
+OUTPUT_DESCRIPTIONS = {
+    schema.OUTPUT_VAR: "model output at each position",
+    schema.TOPK_VALUES_VAR: "the model's K largest outputs at each position, largest first",
+    schema.TOPK_INDICES_VAR: "the output indices (e.g. token ids) of model_out_topk_values",
+}
+
+
 def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str | None) -> None:
+    """Pre-size every site and output variable; a checkpoint store puts ``checkpoint`` first."""
     block = store.attrs(group)[schema.BLOCK_ATTR]
     from probekit.models.adapters import adapter_site_layout
 
+    n_ckpt = len(req.checkpoint_paths) if group is None else 0
+    lead_dims, lead = ((schema.CHECKPOINT,), (n_ckpt,)) if n_ckpt else ((), ())
     for site in req.sites:
         dims, shape = adapter_site_layout(adapter, site, T)
-        store.create_activation(site, (req.n_samples, *shape), dims=dims, dtype=req.dtype, block=block,
-                                group=group, attrs={"site": site})
-    store.create_variable(schema.OUTPUT_VAR, (req.n_samples, T, adapter.d_out),
-                          (schema.SAMPLE, schema.POS, schema.OUTPUT_FEATURE), dtype="float32",
-                          chunks=(block, T, adapter.d_out), group=group,
-                          attrs={"description": "model output at each position"})
+        store.create_activation(site, (*lead, req.n_samples, *shape), dims=(*lead_dims, *dims), dtype=req.dtype,
+                                block=block, group=group, attrs={"site": site})
+    for name, shape, dims, dtype in output_layout(req, adapter.d_out, T):
+        store.create_variable(name, (*lead, req.n_samples, *shape), (*lead_dims, schema.SAMPLE, *dims), dtype=dtype,
+                              chunks=(*(1 for _ in lead), block, *shape), group=group,
+                              attrs={"description": OUTPUT_DESCRIPTIONS[name]})
 
 
-def _fill(store: Store, adapter, req: CacheRequest, inputs: np.ndarray, group: str | None, on_progress,
-          valid: np.ndarray | None = None) -> None:
-    """Compute each missing block and write it. One writer thread writes block b (then marks it
-    done) while block b+1 is computed; at most one block waits, so memory stays bounded."""
-    from concurrent.futures import ThreadPoolExecutor
+class _Fill:
+    """Computes each missing block of a group (or of one checkpoint) and writes it. One writer
+    thread writes block b (then marks it done) while block b+1 is computed; at most one block
+    waits, so memory stays bounded."""
 
-    block = store.attrs(group)[schema.BLOCK_ATTR]
-    n = req.n_samples
-    done = store.blocks_done(group)
-    phase = "random-init" if group else "model"
-    arrays = {name: store.group(group, mode="a")[name] for name in (*req.sites, schema.OUTPUT_VAR)}
+    def __init__(self, store: Store, req: CacheRequest, inputs: np.ndarray, valid: np.ndarray | None,
+                 on_progress, written: dict):
+        self.store, self.req, self.inputs, self.valid = store, req, inputs, valid
+        self.on_progress, self.written = on_progress, written
 
-    def write(b: int, s0: int, s1: int, blocks: dict) -> None:
-        for name, data in blocks.items():
-            arrays[name][s0:s1] = data
-        store.mark_block_done(b, group)  # only after every chunk of the block is on disk
-        if on_progress:
-            on_progress(phase, s1, n)
+    def __call__(self, adapter, group: str | None, unit: tuple[int, int, str] | None = None) -> None:
+        """``unit = (checkpoint index, number of checkpoints, phase)`` writes one checkpoint's slice."""
+        from concurrent.futures import ThreadPoolExecutor
 
-    pending = None
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        for b in range(-(-n // block)):
-            if b in done:
-                continue
-            s0, s1 = b * block, min(n, (b + 1) * block)
-            parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites),
-                                 **({} if valid is None else {"valid": valid[i : min(s1, i + req.batch_size)]}))
-                     for i in range(s0, s1, req.batch_size)]
-            blocks = {}
-            for site in req.sites:
-                blocks[site] = _to_store_dtype(site, np.concatenate([p[0][site] for p in parts]), req.dtype)
-            blocks[schema.OUTPUT_VAR] = np.concatenate([p[1] for p in parts])
+        store, req, inputs, valid = self.store, self.req, self.inputs, self.valid
+        block = store.attrs(group)[schema.BLOCK_ATTR]
+        n = req.n_samples
+        ci, n_units, phase = unit or (None, 1, "random-init" if group else "model")
+        done = store.blocks_done(group)
+        g = store.group(group, mode="a")
+        names = [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, inputs.shape[1]))]
+        arrays = {name: g[name] for name in names}
+
+        def write(b: int, s0: int, s1: int, blocks: dict) -> None:
+            for name, data in blocks.items():
+                if ci is None:
+                    arrays[name][s0:s1] = data
+                else:
+                    arrays[name][ci, s0:s1] = data
+            store.mark_block_done(b if ci is None else (ci, b), group)  # only after every chunk is on disk
+            self.written["samples"] += s1 - s0
+            self.written["tokens"] += int(valid[s0:s1].sum()) if valid is not None else (s1 - s0) * inputs.shape[1]
+            self.written["bytes"] += sum(int(d.nbytes) for d in blocks.values())
+            if self.on_progress:
+                self.on_progress(phase, (ci or 0) * n + s1, n * n_units)
+
+        pending = None
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            for b in range(-(-n // block)):
+                if (b if ci is None else (ci, b)) in done:
+                    continue
+                s0, s1 = b * block, min(n, (b + 1) * block)
+                parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites),
+                                     **({} if valid is None else {"valid": valid[i : min(s1, i + req.batch_size)]}))
+                         for i in range(s0, s1, req.batch_size)]
+                blocks = {}
+                for site in req.sites:
+                    blocks[site] = _to_store_dtype(site, np.concatenate([p[0][site] for p in parts]), req.dtype)
+                blocks.update(_outputs(req, np.concatenate([p[1] for p in parts])))
+                if pending is not None:
+                    pending.result()  # surfaces write errors; keeps one block in flight
+                pending = writer.submit(write, b, s0, s1, blocks)
             if pending is not None:
-                pending.result()  # surfaces write errors; keeps one block in flight
-            pending = writer.submit(write, b, s0, s1, blocks)
-        if pending is not None:
-            pending.result()
+                pending.result()

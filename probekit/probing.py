@@ -112,16 +112,32 @@ class DaskExecutor:
         return total
 
 
+class CheckpointView:
+    """One checkpoint of a ``(checkpoint, sample, layer, ...)`` array, indexed like a plain
+    ``(sample, layer, ...)`` one: the probing engine runs on it unchanged."""
+
+    def __init__(self, arr, checkpoint: int):
+        self.arr, self.checkpoint = arr, checkpoint
+        self.shape, self.chunks, self.dtype = arr.shape[1:], arr.chunks[1:], arr.dtype
+
+    def __getitem__(self, key):
+        return self.arr[(self.checkpoint, *(key if isinstance(key, tuple) else (key,)))]
+
+
+def _view(arr, checkpoint: int | None):
+    return arr if checkpoint is None else CheckpointView(arr, checkpoint)
+
+
 @lru_cache(maxsize=64)
-def _array(path: str, group: str | None, site: str, version: int):
+def _array(path: str, group: str | None, site: str, version: int, checkpoint: int | None = None):
     """Open one activation array (cached per process; ``version`` is its metadata's mtime,
-    so a rewritten store is never read through a stale handle)."""
-    return Store(path).array(site, group)
+    so a rewritten store is never read through a stale handle), or one checkpoint of it."""
+    return _view(Store(path).array(site, group), checkpoint)
 
 
-def _source(store: Store, group: str | None, site: str) -> tuple:
+def _source(store: Store, group: str | None, site: str, checkpoint: int | None = None) -> tuple:
     meta = store.path / (group or "") / site / "zarr.json"
-    return (str(store.path), group, site, meta.stat().st_mtime_ns)
+    return (str(store.path), group, site, meta.stat().st_mtime_ns, checkpoint)
 
 
 def _read(src: tuple, layer: int, s0: int, s1: int) -> np.ndarray:
@@ -207,56 +223,61 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     weights = scoring.bootstrap_weights(n, settings.n_boot, settings.seed) if settings.n_boot else None
 
     offset = {s: schema.layer_offset(ds[s].dims) for s in sites}  # block l of attn_out sits at layer l
-    n_layers = max(store.array(s).shape[1] + offset[s] for s in sites)
-    shape = (len(conditions), len(sites), n_layers, len(names))
-    out = {m: np.full(shape, np.nan) for m in METRICS}
-    r2_pos = np.full(shape + (T,), np.nan)
-    r2_per_pos = np.full(shape + (T,), np.nan) if settings.per_pos else None
+    ckpts = list(range(ds.sizes[schema.CHECKPOINT])) if schema.CHECKPOINT in ds.dims else [None]
+    n_stored = {s: _view(store.array(s), ckpts[0]).shape[1] for s in sites}  # layers (or blocks) in the array
+    n_layers = max(n_stored[s] + offset[s] for s in sites)
     categorical = [nm for nm in names if tds[nm].attrs.get("kind") == "categorical"]
     groups = _mask_groups(tds, [nm for nm in names if nm not in categorical])
     values = {name: np.asarray(tds[name].values) for name in names if name not in categorical}
-    total = len(conditions) * sum(store.array(s).shape[1] for s in sites)
+    total = len(ckpts) * len(conditions) * sum(n_stored.values())
     done = 0
-    for ci, cond in enumerate(conditions):
-        group = schema.RANDOM_INIT_GROUP if cond == "random_init" else None
-        for si, site in enumerate(sites):
-            arr = store.array(site, group)
-            src = _source(store, group, site)
-            blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
-            for stored in range(arr.shape[1]):
-                layer = stored + offset[site]  # index in the results; `stored` indexes the array
-                for gi, (mask, members) in enumerate(groups):
-                    ks = [values[name].shape[-1] for name in members]
-                    if cond == "shuffled":
-                        _shuffled_layer(out, (ci, si, layer), executor, src, stored, blocks, mask, members, values,
-                                        names, folds, settings, seed=[settings.seed, 1, gi])
-                        continue
-                    y = np.concatenate([values[name] for name in members], axis=-1)
-                    cols = _slices(ks)
-                    res, held, per_pos = _probe_layer(executor, src, stored, blocks, mask, y, folds, ks, cols,
-                                                      settings)
-                    for name, c, h in zip(members, cols, held):
-                        idx = (ci, si, layer, names.index(name))
-                        out["r2"][idx] = res.r2(c)
-                        out["mse"][idx] = res.mse(c)
-                        out["alpha"][idx] = float(np.median(res.alpha[c]))
-                        out["n_rows"][idx] = h.rows.sum()
-                        out["cosine"][idx] = scoring.mean_cosine(h)
-                        if weights is not None:
-                            out["r2_lo"][idx], out["r2_hi"][idx] = scoring.bootstrap_r2_ci(h, weights,
-                                                                                            settings.ci_level)
-                        r2_pos[idx] = scoring.r2_by_position(h)
-                        if per_pos is not None:
-                            r2_per_pos[idx] = [r.r2(c) if r is not None else np.nan for r in per_pos]
-                for name in categorical:
-                    _categorical_layer(out, (ci, si, layer, names.index(name)), cond, arr, stored, tds, name, folds,
-                                       settings, seed=[settings.seed, 3, names.index(name)])
-                done += 1
-                if on_progress:
-                    on_progress(f"{cond} {site}", done, total)
-
-    results = _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names, tds, values, T,
-                               hypothesis, hyp, store, settings)
+    parts = []
+    for kc in ckpts:  # a checkpoint store: the same engine on each checkpoint's activations in turn
+        shape = (len(conditions), len(sites), n_layers, len(names))
+        out = {m: np.full(shape, np.nan) for m in METRICS}
+        r2_pos = np.full(shape + (T,), np.nan)
+        r2_per_pos = np.full(shape + (T,), np.nan) if settings.per_pos else None
+        where = "" if kc is None else f"step {int(ds[schema.CHECKPOINT].values[kc])} · "
+        for ci, cond in enumerate(conditions):
+            group = schema.RANDOM_INIT_GROUP if cond == "random_init" else None
+            for si, site in enumerate(sites):
+                arr = _view(store.array(site, group), None if group else kc)
+                src = _source(store, group, site, None if group else kc)
+                blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
+                for stored in range(arr.shape[1]):
+                    layer = stored + offset[site]  # index in the results; `stored` indexes the array
+                    for gi, (mask, members) in enumerate(groups):
+                        ks = [values[name].shape[-1] for name in members]
+                        if cond == "shuffled":
+                            _shuffled_layer(out, (ci, si, layer), executor, src, stored, blocks, mask, members,
+                                            values, names, folds, settings, seed=[settings.seed, 1, gi])
+                            continue
+                        y = np.concatenate([values[name] for name in members], axis=-1)
+                        cols = _slices(ks)
+                        res, held, per_pos = _probe_layer(executor, src, stored, blocks, mask, y, folds, ks, cols,
+                                                          settings)
+                        for name, c, h in zip(members, cols, held):
+                            idx = (ci, si, layer, names.index(name))
+                            out["r2"][idx] = res.r2(c)
+                            out["mse"][idx] = res.mse(c)
+                            out["alpha"][idx] = float(np.median(res.alpha[c]))
+                            out["n_rows"][idx] = h.rows.sum()
+                            out["cosine"][idx] = scoring.mean_cosine(h)
+                            if weights is not None:
+                                out["r2_lo"][idx], out["r2_hi"][idx] = scoring.bootstrap_r2_ci(h, weights,
+                                                                                                settings.ci_level)
+                            r2_pos[idx] = scoring.r2_by_position(h)
+                            if per_pos is not None:
+                                r2_per_pos[idx] = [r.r2(c) if r is not None else np.nan for r in per_pos]
+                    for name in categorical:
+                        _categorical_layer(out, (ci, si, layer, names.index(name)), cond, arr, stored, tds, name,
+                                           folds, settings, seed=[settings.seed, 3, names.index(name)])
+                    done += 1
+                    if on_progress:
+                        on_progress(f"{where}{cond} {site}", done, total)
+        parts.append(_results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names, tds, values, T,
+                                      hypothesis, hyp, store, settings))
+    results = parts[0] if ckpts[0] is None else _stack_checkpoints(parts, ds)
     key = store.write_results(results, hypothesis, _run_id(hypothesis, settings))
     results.attrs["key"] = key
     return results, key
@@ -406,6 +427,17 @@ def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
+
+
+def _stack_checkpoints(parts: list, ds):
+    """Per-checkpoint results along a new leading ``checkpoint`` dim (training steps, with paths)."""
+    import xarray as xr
+
+    steps = np.asarray(ds[schema.CHECKPOINT].values, dtype=np.int64)
+    paths = [str(p) for p in ds[schema.CHECKPOINT_PATH].values]
+    stacked = xr.concat(parts, dim=schema.CHECKPOINT, data_vars="all", coords="minimal", compat="override",
+                        combine_attrs="override", join="exact")
+    return stacked.assign_coords({schema.CHECKPOINT: steps, schema.CHECKPOINT_PATH: (schema.CHECKPOINT, paths)})
 
 
 def _run_id(hypothesis: str, settings: ProbeSettings) -> str:

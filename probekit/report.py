@@ -105,7 +105,7 @@ def _short(v: float) -> str:
 
 
 def results_records(results) -> list[dict]:
-    """Flat records (one per condition × site × layer × target) for ``--json`` and CSV."""
+    """Flat records (one per [checkpoint ×] condition × site × layer × target) for ``--json`` and CSV."""
     cols = [v for v in ("r2", "r2_lo", "r2_hi", "mse", "cosine", "alpha", "n_rows", "accuracy", "acc_lo", "acc_hi",
                         "control_accuracy", "selectivity") if v in results]
     df = results[cols].to_dataframe().reset_index()
@@ -117,8 +117,8 @@ def results_records(results) -> list[dict]:
             elif isinstance(v, np.integer):
                 r[k] = int(v)
         if "overlaps_baseline" in results and r["condition"] == "model":
-            r["overlaps_baseline"] = bool(results.overlaps_baseline.sel(site=r["site"], layer=r["layer"],
-                                                                        target=r["target"]))
+            at = {k: r[k] for k in ("checkpoint", "site", "layer", "target") if k in results.overlaps_baseline.dims}
+            r["overlaps_baseline"] = bool(results.overlaps_baseline.sel(at))
     return recs
 
 
@@ -212,5 +212,129 @@ def plot_r2_by_position(results, path: str | Path, site: str | None = None, cond
     fig.suptitle(f"{results.attrs.get('hypothesis')} · {site} · {condition} · {what}", fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- checkpoint stores: R² through training -------------------------------------------------
+
+def _primary(results, t) -> str:
+    return "accuracy" if _is_categorical(results, t) else "r2"
+
+
+def best_target(results, site: str | None = None) -> str:
+    """The target whose best-layer model R² gained most from the first checkpoint to the last
+    (with one checkpoint: the highest); accuracy when every target is categorical. The one a
+    compact checkpoint table shows by default: what training changed most."""
+    site = site or str(results.site.values[0])
+    model = results.sel(site=site, condition="model")
+    targets = [str(t) for t in results.target.values]
+    pool = [t for t in targets if not _is_categorical(results, t)] or targets
+
+    def top(k, t):
+        v = model[_primary(results, t)].isel(checkpoint=k).sel(target=t).values
+        return float(np.nanmax(v)) if np.isfinite(v).any() else np.nan
+
+    scores = [top(-1, t) - (top(0, t) if results.sizes["checkpoint"] > 1 else 0.0) for t in pool]
+    scores = [s if np.isfinite(s) else -np.inf for s in scores]
+    return pool[int(np.argmax(scores))]
+
+
+def checkpoint_table(results, site: str | None = None, target: str | None = None):
+    """A rich Table for results with a ``checkpoint`` dim: one row per checkpoint (training
+    step), one column per layer, the model's held-out R² (accuracy for a categorical target) of
+    one target; the best layer of each row is bold, a value whose CI reaches a baseline's is
+    dimmed and marked ``~``; the last column is the shuffled baseline's top (over layers)."""
+    from rich import box
+    from rich.table import Table
+
+    site = site or str(results.site.values[0])
+    target = target or best_target(results, site)
+    metric = _primary(results, target)
+    sel = results.sel(site=site, target=target)
+    label = "accuracy" if metric == "accuracy" else "held-out R²"
+    exp = _exp(results, target)
+    expected = f" (expected L{exp})" if exp else ""
+    title = f"{results.attrs.get('hypothesis')} · site {site} · {target}{expected} · {label}"
+    shuffled = "shuffled" in [str(c) for c in results.condition.values]
+    caption = ["bold: best layer"]
+    if shuffled:
+        caption += ["~: CI reaches a baseline's", "shuffled: its band's top"]
+    table = Table(title=title, caption=" · ".join(caption), box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True)
+    table.add_column("step", style="cyan", justify="right", no_wrap=True)
+    for layer in results.layer.values:
+        table.add_column(f"L{int(layer)}", justify="right", no_wrap=True, min_width=6)
+    if shuffled:
+        table.add_column("shuffled", justify="right", no_wrap=True, style="dim")
+    band = "acc_hi" if metric == "accuracy" else "r2_hi"
+    for k, step in enumerate(results.checkpoint.values):
+        row = sel.isel(checkpoint=k)
+        values = row[metric].sel(condition="model").values
+        best = int(np.nanargmax(values)) if np.isfinite(values).any() else -1
+        cells = []
+        for li, v in enumerate(values):
+            if not np.isfinite(v):
+                cells.append("—")
+                continue
+            text = f"[bold]{v:.3f}[/bold]" if li == best else f"{v:.3f}"
+            cells.append(f"[dim]~{text}[/dim]" if shuffled and bool(row.overlaps_baseline.values[li]) else text)
+        if shuffled:
+            top = row[band].sel(condition="shuffled").values
+            cells.append(_short(np.nanmax(top)) if np.isfinite(top).any() else "—")
+        table.add_row(str(int(step)), *cells)
+    return table
+
+
+def plot_r2_vs_checkpoint(results, path: str | Path, site: str | None = None) -> Path:
+    """PNG: held-out R² (accuracy for categorical targets) against training step, one panel per
+    target and one line per layer; grey dotted: the top of the shuffled baseline's band over layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    site = site or str(results.site.values[0])
+    targets = [str(t) for t in results.target.values]
+    ncol = min(4, len(targets))
+    nrow = -(-len(targets) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.7 * nrow), squeeze=False, sharex=True)
+    steps = results.checkpoint.values
+    layers = results.layer.values
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+    conds = [str(c) for c in results.condition.values]
+    for ax, t in zip(axes.flat, targets):
+        metric = _primary(results, t)
+        data = results[metric].sel(site=site, target=t)
+        for li, layer in enumerate(layers):
+            y = data.sel(condition="model", layer=layer).values
+            if np.isfinite(y).any():
+                ax.plot(steps, y, color=colors[li], lw=1.6, marker="o", ms=3, label=f"L{int(layer)}")
+        if "shuffled" in conds:
+            top = results["acc_hi" if metric == "accuracy" else "r2_hi"].sel(site=site, target=t,
+                                                                            condition="shuffled").values
+            if np.isfinite(top).any():
+                with np.errstate(all="ignore"):
+                    ax.plot(steps, np.nanmax(top, axis=-1), color="0.5", lw=1, ls=":", label="shuffled (top)")
+        values = data.values
+        low = float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
+        ax.set_ylim(min(-0.1, low - 0.05), 1.02)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(alpha=0.3)
+        ax.set_title(t, fontsize=9)
+        if len(steps) > 2 and steps.min() >= 0 and steps.max() > 100 * max(1, np.sort(steps)[1]):
+            ax.set_xscale("symlog", linthresh=max(1, int(np.sort(steps)[1])))  # early steps get room
+    for ax in axes.flat[len(targets):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out R²")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    fig.suptitle(f"{results.attrs.get('hypothesis')} probes through training · site {site}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    path = Path(path)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

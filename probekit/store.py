@@ -147,21 +147,23 @@ class Store:
         group: str | None = None,
         attrs: dict | None = None,
     ):
-        """Pre-size an activation array ``(sample, layer or block, ...)``.
+        """Pre-size an activation array ``(sample, layer or block, ...)``, or
+        ``(checkpoint, sample, layer or block, ...)`` in a store of several checkpoints.
 
-        One chunk is ``(block, 1, ...everything else)``: one layer of one sample block,
-        a single contiguous read.
+        One chunk is ``(block, 1, ...everything else)`` (after a leading 1 for the
+        checkpoint): one layer of one sample block, a single contiguous read.
         """
         if dtype not in schema.STORE_DTYPES:
             raise StoreError(f"unsupported store dtype {dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
-        if tuple(dims) not in schema.SITE_DIMS or len(shape) != len(dims):
+        if schema.site_dims(dims) not in schema.SITE_DIMS or len(shape) != len(dims):
             raise StoreError(f"activation {name!r}: dims {dims} / shape {shape} are not a site layout")
+        lead = (1,) if tuple(dims)[0] == schema.CHECKPOINT else ()
         zarr = _zarr()
         g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
         return g.create_array(
             name,
             shape=shape,
-            chunks=(block, 1, *shape[2:]),
+            chunks=(*lead, block, 1, *shape[len(lead) + 2:]),
             dtype=dtype,
             dimension_names=tuple(dims),
             fill_value=0,
@@ -188,22 +190,28 @@ class Store:
 
     # -- manifest of completed sample blocks (makes interrupted writes resumable) --
 
-    def blocks_done(self, group: str | None = None) -> set[int]:
-        return set(self.attrs(group).get(schema.MANIFEST_ATTR, []))
+    # A checkpoint store's units are (checkpoint index, sample block) pairs, stored as [c, b].
 
-    def mark_block_done(self, index: int, group: str | None = None) -> None:
-        done = self.blocks_done(group) | {int(index)}
-        self.update_attrs({schema.MANIFEST_ATTR: sorted(done)}, group)
+    def blocks_done(self, group: str | None = None) -> set:
+        """Completed units: sample block indices, or ``(checkpoint, block)`` pairs."""
+        return {tuple(u) if isinstance(u, list) else u for u in self.attrs(group).get(schema.MANIFEST_ATTR, [])}
+
+    def mark_block_done(self, index, group: str | None = None) -> None:
+        """Record sample block ``index`` (an int, or a ``(checkpoint, block)`` pair) as written."""
+        unit = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else int(index)
+        done = sorted(self.blocks_done(group) | {unit})
+        self.update_attrs({schema.MANIFEST_ATTR: [list(u) if isinstance(u, tuple) else u for u in done]}, group)
 
     def is_complete(self, group: str | None = None) -> bool:
-        """Whether every sample block of the root (or of ``group``) has been written."""
+        """Whether every sample block (of every checkpoint) of the root (or of ``group``) has been written."""
         if group and not self.has_group(group):
             return False
         attrs = self.attrs(group)
         n, block = attrs.get("n_samples"), attrs.get(schema.BLOCK_ATTR)
         if not n or not block:
             return False
-        return len(set(attrs.get(schema.MANIFEST_ATTR, []))) >= -(-n // block)
+        units = -(-n // block) * attrs.get(schema.N_CHECKPOINTS_ATTR, 1)
+        return len(self.blocks_done(group)) >= units
 
     def consolidate(self) -> None:
         zarr = _zarr()

@@ -10,11 +10,13 @@ import typer
 
 from probekit.cli import app
 from probekit.cli._common import print_json, progress, stderr_console
+from probekit.errors import UsageError
 
 
 @app.command()
 def cache(
-    model: str = typer.Option(..., "--model", help="Model spec, e.g. toy:store/models/demo."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, e.g. toy:store/models/demo "
+                                        "(optional with --checkpoints)."),
     out: Path = typer.Option(..., "--out", help="Store to write (a .zarr directory)."),
     task: Optional[str] = typer.Option(None, help="Task (default: the one the toy model was trained on)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
@@ -32,6 +34,12 @@ def cache(
     batch_size: int = typer.Option(256, help="Sequences per forward pass."),
     block: Optional[int] = typer.Option(None, help="Samples per chunk (default: chunks of about 4 MB)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Cache the same inputs through every "
+                                              "toy checkpoint of a training run into a checkpoint dim: a directory "
+                                              "of them (OUT/checkpoints of `probekit train --checkpoint-every`) "
+                                              "or a glob."),
+    logits: str = typer.Option("keep", "--logits", help="Model output per position: keep (model_out), skip, or "
+                               "topk:K (the K largest values and their indices)."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
 ) -> None:
@@ -41,22 +49,25 @@ def cache(
     from probekit.tasks import parse_params
 
     host = PluginHost.default()
+    err = stderr_console()
+    if not model and not checkpoints:
+        raise UsageError("pass --model (or --checkpoints with a training run's checkpoints)")
     params = {}
     if task and param:
         params = parse_params(host.tasks.get(task).Params, param)
     elif param:
-        params = _params_for_model_task(host, model, param)
+        params = _params_for_model_task(host, model or _first_checkpoint(checkpoints), param)
     req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
-                       sites=tuple(site or ("resid",)), dtype=dtype, random_init=random_init,
+                       sites=cache_sites(site, err if not as_json else None), dtype=dtype, random_init=random_init,
                        batch_size=batch_size, device=device, block=block,
-                       text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype)
+                       text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype,
+                       checkpoints=checkpoints, logits=logits)
     total = n_samples * (2 if random_init else 1)
-    err = stderr_console()
     plan: dict = {}
     started = time.perf_counter()
 
     def on_start(info: dict) -> None:
-        plan.update(info)
+        plan.update(info, t0=time.perf_counter())
         if not as_json:
             verb = "resuming" if info["resuming"] else "writing"
             err.print(f"{verb} {out}: about {info['estimated_bytes'] / 2**20:,.1f} MiB uncompressed "
@@ -65,8 +76,7 @@ def cache(
     with progress("cache", total, "samples", enabled=not as_json) as update:
         def on_progress(phase: str, done: int, n: int) -> None:
             done = done + (n if phase == "random-init" else 0)
-            mb_s = done * plan.get("bytes_per_sample", 0) / 2**20 / max(time.perf_counter() - started, 1e-9)
-            update(done, info=f"{phase} · {mb_s:,.1f} MB/s")
+            update(done, info=f"{phase} · {rates(plan)}", total=n * (2 if random_init else 1))
 
         store = run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start)
     ds = store.dataset()
@@ -74,6 +84,7 @@ def cache(
     summary = {"store": str(store.path), "sites": {s: dict(zip(ds[s].dims, ds[s].shape)) for s in ds.attrs["sites"]},
                "n_samples": ds.sizes["sample"], "dims": {k: int(v) for k, v in ds.sizes.items()},
                "dtype": ds.attrs["dtype"], "random_init": store.has_group("random_init"),
+               **({"checkpoints": [int(c) for c in ds["checkpoint"].values]} if "checkpoint" in ds.dims else {}),
                "bytes_on_disk": on_disk, "seconds": round(time.perf_counter() - started, 2)}
     if as_json:
         print_json(summary)
@@ -81,6 +92,24 @@ def cache(
         shapes = ", ".join(f"{k} ({', '.join(f'{d}={n}' for d, n in v.items())})" for k, v in summary["sites"].items())
         err.print(f"cached {shapes} into [bold]{store.path}[/bold]: "
                   f"{on_disk / 2**20:,.1f} MiB on disk in {summary['seconds']} s")
+
+
+def rates(plan: dict) -> str:
+    """Tokens (valid positions) and MB written per second by this run (resumed blocks not counted)."""
+    written = plan.get("written") or {}
+    seconds = max(time.perf_counter() - plan.get("t0", time.perf_counter()), 1e-9)
+    return f"{written.get('tokens', 0) / seconds:,.0f} tok/s · {written.get('bytes', 0) / 2**20 / seconds:,.1f} MB/s"
+
+
+def cache_sites(names: list[str] | None, console=None) -> tuple[str, ...]:
+    """Sites to cache: canonical names, or TransformerLens hook names (which name their whole site here)."""
+    return tuple(names or ("resid",))
+
+
+def _first_checkpoint(source: str) -> str:
+    from probekit.checkpoints import resolve
+
+    return resolve(source)[0].spec
 
 
 def _params_for_model_task(host, model: str, param: list[str]) -> dict:

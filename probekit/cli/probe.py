@@ -40,7 +40,8 @@ def probe(
 
     from probekit.plugins import PluginHost
     from probekit.probing import ProbeSettings, dask_executor, run_probe
-    from probekit.report import plot_r2, plot_r2_by_position, results_json, results_table
+    from probekit.report import (best_target, checkpoint_table, plot_r2, plot_r2_by_position, plot_r2_vs_checkpoint,
+                                 results_json, results_table)
 
     host = PluginHost.default()
     settings = ProbeSettings(n_folds=folds, seed=seed, sites=tuple(site) if site else None,
@@ -52,8 +53,15 @@ def probe(
                                  on_progress=lambda what, done, total: update(done, info=what, total=total))
     png = plot or default_plot_path(store, hypothesis)
     pngs = []
+    through_training = "checkpoint" in results.dims
     for s in results.site.values:
         path = png if len(results.site) == 1 else png.with_name(f"{png.stem}.{s}{png.suffix}")
+        if through_training:  # R² against training step; by layer at the last checkpoint
+            pngs.append(plot_r2_vs_checkpoint(results, path, site=str(s)))
+            last = results.isel(checkpoint=-1)
+            last.attrs["hypothesis"] = f"{hypothesis} at step {int(last.checkpoint)}"
+            pngs.append(plot_r2(last, path.with_name(f"{path.stem}.final{path.suffix}"), site=str(s)))
+            continue
         pngs.append(plot_r2(results, path, site=str(s)))
         pngs.append(plot_r2_by_position(results, path.with_name(f"{path.stem}.pos{path.suffix}"), site=str(s)))
         if per_pos:
@@ -68,5 +76,14 @@ def probe(
         return
     out = stdout_console()
     for s in results.site.values:
-        out.print(results_table(results, site=str(s)))
+        if not through_training:
+            out.print(results_table(results, site=str(s)))
+            continue
+        shown = list(target) if target else [best_target(results, str(s))]
+        for t in shown:
+            out.print(checkpoint_table(results, site=str(s), target=t))
+        others = [str(t) for t in results.target.values if str(t) not in shown]
+        if others and not target:
+            stderr_console().print(f"[dim]site {s}: showing {', '.join(shown)} (its R² changed most over training); "
+                                   f"-t NAME shows another of: {', '.join(others)}; --json has all[/dim]")
     stderr_console().print(f"results: {store}/{key} · plots: " + ", ".join(f"[bold]{p}[/bold]" for p in pngs))
