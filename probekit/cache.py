@@ -229,6 +229,9 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
     if hasattr(adapter, "prepare"):  # adapters of plain modules learn their sizes from one sample
         adapter.prepare(np.asarray(task.generate(1, req.seed)[task.io.input_var].values))
+    from probekit.sites import canonical_sites
+
+    req = dataclasses.replace(req, sites=canonical_sites(req.sites, adapter.sites)[0])  # TransformerLens names
     for site in req.sites:
         if site not in adapter.sites:
             raise UnknownNameError("site", site, adapter.sites)

@@ -208,7 +208,13 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
                 raise UnknownNameError("target", t, names)
         names = [n for n in names if n in settings.targets]
     probeable = [s for s in ds.attrs["sites"] if s in schema.activation_sites(ds)]  # one vector per position
-    sites = list(settings.sites or probeable)
+    if settings.sites:  # TransformerLens hook names name their whole site
+        from probekit.sites import canonical_sites
+
+        sizes = {s: ds[s].sizes.get(schema.LAYER, ds[s].sizes.get(schema.BLOCK)) for s in probeable}
+        sites = list(canonical_sites(settings.sites, sizes)[0])
+    else:
+        sites = probeable
     for s in sites:
         if s not in probeable:
             raise UnknownNameError("site", s, probeable)

@@ -261,3 +261,14 @@ def test_the_validator_checks_checkpoint_stores(ckpt_store):
     plain["attn_out"] = ds.attn_out  # one site with the dim, one without
     assert any("every site starts with it" in p for p in schema.validate_store(plain.assign_coords(
         checkpoint=ds.checkpoint, checkpoint_path=ds.checkpoint_path, checkpoint_hash=ds.checkpoint_hash)))
+
+
+def test_logits_topk_through_checkpoints(tmp_path, host, run_dir, ckpt_store):
+    store = run_cache(host, _req(tmp_path / "k.zarr", run_dir / "checkpoints", logits="topk:1"))
+    ds = store.dataset()
+    assert ds[schema.TOPK_VALUES_VAR].dims == (schema.CHECKPOINT, schema.SAMPLE, schema.POS, schema.TOPK)
+    assert store.array(schema.TOPK_INDICES_VAR).chunks == (1, BLOCK, 6, 1)
+    full = ckpt_store.dataset().model_out.values
+    np.testing.assert_array_equal(ds[schema.TOPK_VALUES_VAR].values[..., 0], full.max(-1))
+    np.testing.assert_array_equal(ds[schema.TOPK_INDICES_VAR].values[..., 0], full.argmax(-1))
+    assert schema.validate_store(ds) == []

@@ -25,7 +25,9 @@ def cache(
                                         ".jsonl ({\"text\": ...} per line), tokenised by the model."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="With --text: truncate prompts to this many tokens."),
     seed: int = typer.Option(1, help="Seed of the task samples (use one unseen in training)."),
-    site: Optional[List[str]] = typer.Option(None, "--site", help="Site to cache (repeatable; default resid)."),
+    site: Optional[List[str]] = typer.Option(None, "--site", help="Site to cache (repeatable; default resid): resid, "
+                                             "attn_out, mlp_out, attn_pattern, or a TransformerLens hook name "
+                                             "(blocks.3.hook_resid_post = resid layer 4; its whole site is cached)."),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 (overflow-checked) or float32."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype",
                                               help="Compute dtype of hf: models: float32, bfloat16 or float16."),
@@ -102,7 +104,11 @@ def rates(plan: dict) -> str:
 
 
 def cache_sites(names: list[str] | None, console=None) -> tuple[str, ...]:
-    """Sites to cache: canonical names, or TransformerLens hook names (which name their whole site here)."""
+    """Sites to cache as given (TransformerLens hook names are mapped by the cache; each is noted here)."""
+    from probekit.sites import alias_notes
+
+    for note in alias_notes(names) if console else []:
+        console.print(f"[dim]{note}[/dim]")
     return tuple(names or ("resid",))
 
 
