@@ -213,3 +213,45 @@ def test_fixed_eta_and_bad_options(linreg10k):
         GDHypothesis().predict(torch.zeros(2, N + 1, D + 1))
     with pytest.raises(StoreError, match="is_query"):
         GDHypothesis().targets(ds.drop_vars("is_query"))
+
+
+def test_probes_find_gd_step_k_at_layer_k(tmp_path):
+    """Cache von Oswald's constructed 2-layer GD model and probe it with the engine: the step-k
+    prediction is linearly readable (R² ~ 1) exactly from layer k on, and not before."""
+    from probekit.cache import CacheRequest, run_cache
+    from probekit.models import checkpoint
+    from probekit.plugins import PluginHost
+    from probekit.probing import ProbeSettings, run_probe
+
+    host = PluginHost.default()
+    etas = [6.0, 4.0]
+    model = gd_model(D, N, etas)
+    path = checkpoint.save(model, checkpoint.Checkpoint(model.cfg, "linreg", {}, {}), tmp_path / "gd")
+    store = tmp_path / "gd.zarr"
+    run_cache(host, CacheRequest(model=f"toy:{path}", out=str(store), n_samples=1500, seed=1, dtype="float32"))
+    settings = ProbeSettings(n_boot=0, options={"eta": etas}, targets=("gd_pred_1", "gd_pred_2", "gd_residual_1"),
+                             baselines=False)
+    results, _ = run_probe(host, store, "gd", settings)
+    r2 = results.r2.sel(condition="model", site="resid")
+    pred1, pred2 = r2.sel(target="gd_pred_1").values, r2.sel(target="gd_pred_2").values
+    assert pred1[1] > 0.9999 and pred2[2] > 0.9999  # the query's y-slot holds -W_k x_q after layer k
+    assert pred1[0] < 0.2 and pred2[1] < 0.99  # ...and not earlier
+    assert r2.sel(target="gd_residual_1").values[1] > 0.9999
+
+
+def test_tied_steps_for_recurrent_models(linreg10k):
+    ds = linreg10k.isel(sample=slice(0, 4000))
+    ds.attrs["model_config"] = {"n_layers": 3, "shared": True}  # a recurrent model: tied by default
+    _, x, y, y_q = tensors(ds)
+    z = torch.as_tensor(ds.z.values, dtype=torch.float64)
+    loss = {}
+    for name, hyp in {"tied": GDHypothesis(), "untied": GDHypothesis(tied=False), "one": GDHypothesis(steps=1),
+                      "pp_tied": GDPPHypothesis()}.items():
+        hyp.fit(ds)
+        loss[name] = A.half_mse(hyp.predict(z)[:, -1, 0], y_q)
+        if name.endswith("tied") and name != "untied":
+            assert len(set(hyp.hparams["etas"])) == 1 and len(hyp.hparams["etas"]) == 3
+    assert loss["untied"] <= loss["tied"] + 1e-9 < loss["one"]
+    assert loss["pp_tied"] < loss["tied"]
+    with pytest.raises(UsageError, match="tied"):
+        GDHypothesis(tied="yes").fit(ds)

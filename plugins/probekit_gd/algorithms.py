@@ -105,28 +105,32 @@ def fit_preconditioner(x, y, y_q):
     return sol.reshape(d, d)
 
 
-def fit_steps(x, y, y_q, n_steps: int, *, kind: str = "gd", max_iter: int = 200):
+def fit_steps(x, y, y_q, n_steps: int, *, kind: str = "gd", tied: bool = False, max_iter: int = 200):
     """Fit per-step hyperparameters to task data by L-BFGS on the K-step loss (float64).
 
     ``kind``: ``"gd"`` fits eta_1..K; ``"gdpp"`` fits eta_k and gamma_k (von Oswald's GD++);
     ``"pgd"`` fits a preconditioner A (started at its one-step least-squares optimum) and
-    eta_2..K (eta_1 = 1, absorbed in A). Returns a dict of plain floats / nested lists.
+    eta_2..K (eta_1 = 1, absorbed in A). ``tied``: one eta (and gamma) for every step, as a
+    recurrent model with shared weights must use (PGD: every eta_k = 1). Returns a dict of
+    plain floats / nested lists, ``etas`` (and ``gammas``) always listing all K steps.
     """
     import torch
 
     x, y, y_q = (t.to(torch.float64) for t in (x, y, y_q))
     N = x.shape[1] - 1
     eta0 = best_eta(x, y, y_q)
-    # GD steps on one quadratic commute, so the loss is symmetric in the etas: a symmetric start
-    # would stay symmetric. Start them spread (decreasing) instead.
-    spread = torch.linspace(1.25, 0.75, n_steps, dtype=torch.float64) if n_steps > 1 else torch.ones(1, dtype=torch.float64)
+    n_free = 1 if tied else n_steps
+    # GD steps on one quadratic commute, so the loss is symmetric in untied etas: a symmetric
+    # start would stay symmetric. Start them spread (decreasing) instead.
+    spread = torch.linspace(1.25, 0.75, n_free, dtype=torch.float64) if n_free > 1 else torch.ones(1, dtype=torch.float64)
     if kind == "pgd":
-        A0 = fit_preconditioner(x, y, y_q)
-        params = {"precond": A0.clone(), "etas": spread[1:].clone()}
+        params = {"precond": fit_preconditioner(x, y, y_q).clone()}
+        if not tied and n_steps > 1:
+            params["etas"] = spread[1:].clone()
     else:
         params = {"etas": eta0 * spread}
         if kind == "gdpp":
-            params["gammas"] = torch.full((n_steps,), eta0 / N**2, dtype=torch.float64)
+            params["gammas"] = torch.full((n_free,), eta0 / N**2, dtype=torch.float64)
     if n_steps > 1 or kind == "gdpp":
         leaves = [p.requires_grad_() for p in params.values()]
         opt = torch.optim.LBFGS(leaves, lr=1, max_iter=max_iter, tolerance_grad=1e-12,
@@ -134,24 +138,27 @@ def fit_steps(x, y, y_q, n_steps: int, *, kind: str = "gd", max_iter: int = 200)
 
         def closure():
             opt.zero_grad()
-            loss = 0.5 * ((_predict(x, y, params, n_steps, kind) - y_q) ** 2).mean()
+            loss = 0.5 * ((run_steps(x, y, **_expand(params, n_steps, kind)).pred[-1] - y_q) ** 2).mean()
             loss.backward()
             return loss
 
         opt.step(closure)
-    out = {k: v.detach().tolist() for k, v in params.items()}
-    if kind == "pgd":
-        out["etas"] = [1.0] + out["etas"]
-    return out
+    with torch.no_grad():
+        return {k: v.tolist() for k, v in _expand(params, n_steps, kind).items() if v is not None}
 
 
-def _predict(x, y, params, n_steps, kind):
+def _expand(params: dict, n_steps: int, kind: str) -> dict:
+    """``run_steps`` keyword arguments from fitted parameters (tied ones repeated K times)."""
     import torch
 
     if kind == "pgd":
-        etas = torch.cat([torch.ones(1, dtype=x.dtype), params["etas"]])
-        return run_steps(x, y, etas, precond=params["precond"]).pred[-1]
-    return run_steps(x, y, params["etas"][:n_steps], gammas=params.get("gammas")).pred[-1]
+        A = params["precond"]
+        etas = torch.cat([torch.ones(1, dtype=A.dtype), params["etas"]]) if "etas" in params \
+            else torch.ones(n_steps, dtype=A.dtype)
+        return {"etas": etas, "gammas": None, "precond": A}
+    rep = lambda v: v.expand(n_steps) if len(v) == 1 else v  # noqa: E731
+    gammas = params.get("gammas")
+    return {"etas": rep(params["etas"]), "gammas": rep(gammas) if gammas is not None else None, "precond": None}
 
 
 def least_squares_pred(x, y, lam: float = 1e-6):

@@ -13,6 +13,9 @@ recorded as each target's ``expected_layer``). Targets (for k = 1..K):
 Hyperparameters (per-step eta, GD++'s gamma, PGD's preconditioner A) are fitted to
 the *task* by default — to the store's own regression tasks, never to the model's
 activations or outputs — by L-BFGS on the K-step loss; pass ``eta=...`` to fix GD's.
+Options: ``steps`` (default: the cached model's number of layers), ``tied`` (one eta
+and gamma for all steps; default: whether the model shares its layers' weights),
+``eta``, ``fit_samples`` (tasks used to fit, 10,000) and ``lam`` (of ``ls_pred``).
 ``predict`` runs the fitted algorithm on model-input tokens (differentiably), giving
 what the GD transformer would output at every position, for ``probekit compare``.
 """
@@ -26,7 +29,7 @@ from probekit.hypotheses import Hypothesis, Target
 
 from probekit_gd import algorithms
 
-OPTIONS = ("steps", "eta", "fit_samples", "lam")
+OPTIONS = ("steps", "tied", "eta", "fit_samples", "lam")
 
 
 class _GDFamily(Hypothesis):
@@ -53,6 +56,14 @@ class _GDFamily(Hypothesis):
             raise UsageError(f"steps must be >= 1, got {steps}")
         return steps
 
+    def _tied(self, attrs: dict) -> bool:
+        tied = self.options.get("tied")
+        if tied is None:  # default: tie the steps when the cached model shares its layers' weights
+            tied = bool((attrs.get("model_config") or {}).get("shared", False))
+        if not isinstance(tied, bool):
+            raise UsageError(f"tied must be true or false, got {tied!r}")
+        return tied
+
     @staticmethod
     def _arrays(ds):
         import torch
@@ -78,7 +89,7 @@ class _GDFamily(Hypothesis):
                 raise UsageError(f"eta lists {len(etas)} steps, steps is {steps}")
             self.hparams = {"etas": etas}
         else:
-            self.hparams = algorithms.fit_steps(x, y, y_q, steps, kind=self.kind)
+            self.hparams = algorithms.fit_steps(x, y, y_q, steps, kind=self.kind, tied=self._tied(ds.attrs))
         traj = self._run(x, y)
         self.hparams["fit_loss"] = algorithms.half_mse(traj.pred[-1], y_q)
         return self
