@@ -223,6 +223,7 @@ def test_cli_probe_prints_a_checkpoint_table_and_plots_r2_against_step(tmp_path,
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "rls_pred" in out and "step" in out and "L2" in out and "shuffled" in out
+    assert "at step" not in out  # (the last checkpoint's own plot is titled so; the table is not)
     rows = [line.split() for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
     assert [r[0] for r in rows] == ["0", "8", "16", "24"]
     for name in ("c.rls.png", "c.rls.final.png"):

@@ -59,7 +59,7 @@ def probe(
         if through_training:  # R² against training step; by layer at the last checkpoint
             pngs.append(plot_r2_vs_checkpoint(results, path, site=str(s)))
             last = results.isel(checkpoint=-1)
-            last.attrs["hypothesis"] = f"{hypothesis} at step {int(last.checkpoint)}"
+            last.attrs = {**results.attrs, "hypothesis": f"{hypothesis} at step {int(last.checkpoint)}"}  # a copy
             pngs.append(plot_r2(last, path.with_name(f"{path.stem}.final{path.suffix}"), site=str(s)))
             continue
         pngs.append(plot_r2(results, path, site=str(s)))
