@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
+from importlib import metadata
+
 import pytest
 
-from probekit.plugins import PluginHost
+from probekit.plugins import ENTRY_POINT_GROUP, ENV_PIN, PluginHost
+
+
+def _builtin_plugins() -> list[str]:
+    """Entry points of probekit's own distribution (rls, gd, ...): not third-party ones."""
+    own = "probekit-lab"
+    return sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+                  if ep.dist is not None and ep.dist.metadata["name"].lower().replace("_", "-") == own)
+
+
+# The suite sees the built-in plugins only, so an installed third-party plugin (CI installs
+# docs/examples/probekit-example-plugin) cannot change the registries it asserts on.
+# Subprocesses inherit the pin; a pin set by the caller is kept.
+os.environ.setdefault(ENV_PIN, ",".join(_builtin_plugins()))
 
 TINY_TASK = {"dim": 3, "length": 10}
 

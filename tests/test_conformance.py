@@ -1,0 +1,212 @@
+"""The built-in plugins pass the conformance suite they ship to plugin authors (probekit.testing).
+
+Every task and hypothesis the built-in plugins register is checked, on small settings;
+a new built-in is picked up automatically (its hypothesis paired with a task that has the
+variables it requires), so it cannot skip the suite. The model adapters toy, torch and hf
+are checked on tiny models, and stores written by ``probekit cache`` pass
+``assert_store_valid``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probekit import testing
+from probekit.plugins import PluginHost
+
+HOST = PluginHost.default()  # the built-in plugins (conftest pins them)
+
+# Small settings per task; a task not listed here is checked with its defaults.
+TASK_PARAMS = {
+    "lds": {"dim": 3, "length": 10},
+    "linreg": {"dim": 3, "n_points": 6},
+    "linreg-ahn": {},
+}
+# The task whose stores a hypothesis is checked on; one not listed gets the first task
+# (by name) whose samples hold every variable it requires.
+HYPOTHESIS_TASK = {"rls": "lds", "gd": "linreg", "gdpp": "linreg", "pgd": "linreg-ahn"}
+
+
+def _task(name: str):
+    return HOST.tasks.get(name)(**TASK_PARAMS.get(name, {}))
+
+
+def _task_for(hyp_name: str) -> str:
+    if hyp_name in HYPOTHESIS_TASK:
+        return HYPOTHESIS_TASK[hyp_name]
+    requires = set(HOST.hypotheses.get(hyp_name).requires)
+    for task_name in HOST.tasks.names():
+        if requires <= set(_task(task_name).generate(1, 0).variables):
+            return task_name
+    raise AssertionError(f"no built-in task provides what hypothesis {hyp_name!r} requires: {sorted(requires)}")
+
+
+def _unsupported(task_name: str):
+    """A store no hypothesis should accept silently: the task's variables with (pos, sample) swapped."""
+    return _task(task_name).generate(4, 0).transpose("pos", "sample", ...)
+
+
+@pytest.mark.parametrize("name", HOST.tasks.names())
+def test_builtin_task_conforms(name):
+    testing.check_task(HOST.tasks.get(name), TASK_PARAMS.get(name), name=name)
+
+
+@pytest.mark.parametrize("name", HOST.hypotheses.names())
+def test_builtin_hypothesis_conforms(name):
+    task_name = _task_for(name)
+    other = next((t for t in HOST.tasks.names() if not set(HOST.hypotheses.get(name).requires)
+                  <= set(_task(t).generate(1, 0).variables)), None)
+    unsupported = [_unsupported(task_name)] + ([_task(other).generate(4, 0)] if other else [])
+    testing.check_hypothesis(HOST.hypotheses.get(name), task=_task(task_name), name=name, unsupported=unsupported)
+
+
+def test_the_builtins_are_all_checked():
+    assert {"lds", "linreg", "linreg-ahn"} <= set(HOST.tasks.names())
+    assert {"rls", "gd", "gdpp", "pgd"} <= set(HOST.hypotheses.names())
+
+
+def test_toy_adapter_conforms(tiny_checkpoint):
+    inputs = _task("lds").generate(3, 7)["x"].values
+    adapter = testing.check_model_adapter(HOST.models.get("toy"), str(tiny_checkpoint), inputs=inputs,
+                                          bad_rest="/nonexistent/checkpoint")
+    assert set(adapter.sites) >= {"resid", "attn_out", "attn_pattern"}
+
+
+def test_torch_adapter_conforms():
+    sys.path.insert(0, str(Path(__file__).parent))  # makes `support.custom_models` importable
+    inputs = HOST.tasks.get("lds")(dim=5, length=6).generate(3, 7)["x"].values  # the module reads 5 features
+    testing.check_model_adapter(HOST.models.get("torch"), "support.custom_models:make_model?resid=blocks.*"
+                                "&mlp_out=blocks.*.mlp", inputs=inputs, bad_rest="no_such_module:f?resid=x")
+
+
+def test_hf_adapter_conforms(tmp_path):
+    pytest.importorskip("transformers")
+    from test_hf import _build  # the tiny GPT-2 (and its tokenizer) test_hf builds, saved here
+
+    _build("gpt2", tmp_path / "gpt2")
+    adapter = HOST.models.get("hf").load(str(tmp_path / "gpt2"))
+    ids, valid = adapter.tokenize(["the cat sat on the mat", "a dog ran"])
+    assert not valid.all()
+    testing.check_model_adapter(HOST.models.get("hf"), str(tmp_path / "gpt2"), inputs=ids, valid=valid,
+                                bad_rest=str(tmp_path / "missing"))
+
+
+def test_cached_stores_are_valid(tiny_store, tmp_path):
+    import shutil
+
+    from probekit.probing import ProbeSettings, run_probe
+    from probekit.store import Store
+
+    testing.assert_store_valid(tiny_store)
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, copy)
+    run_probe(HOST, copy, "rls", ProbeSettings(n_folds=3, n_boot=0, n_perm=2, targets=("rls_pred",)))
+    testing.assert_store_valid(copy)  # with a probes/ group
+    testing.assert_store_valid(Store.open(copy).dataset())  # a Dataset: schema.validate_store only
+
+
+def test_assert_store_valid_names_the_problems(tiny_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(tiny_store, broken)
+    root = zarr.open_group(broken, mode="a", use_consolidated=False)
+    del root.attrs["model_hash"]
+    root.attrs["blocks_done"] = []
+    with pytest.raises(AssertionError) as err:
+        testing.assert_store_valid(broken)
+    assert "missing attribute 'model_hash'" in str(err.value) and "incomplete" in str(err.value)
+    with pytest.raises(AssertionError, match="no store at"):
+        testing.assert_store_valid(tmp_path / "none.zarr")
+
+
+# -- the checks catch what they promise to ------------------------------------------------------
+
+
+def _lds_task_cls():
+    return HOST.tasks.get("lds")
+
+
+def test_check_task_catches_a_seedless_task():
+    base = _lds_task_cls()
+
+    class Seedless(base):
+        name = "seedless"
+
+        def generate(self, n, seed):
+            return super().generate(n, 0).assign_attrs(seed=seed)
+
+    with pytest.raises(AssertionError, match="samples must depend on the seed"):
+        testing.check_task(Seedless, {"dim": 2, "length": 4})
+
+
+def test_check_task_catches_a_wrong_io():
+    base = _lds_task_cls()
+
+    class WrongIO(base):
+        name = "wrong-io"
+
+        @property
+        def io(self):
+            import dataclasses
+
+            return dataclasses.replace(super().io, d_in=self.params.dim + 1)
+
+    with pytest.raises(AssertionError, match=r"must be \(sample, pos, d_in=3\)"):
+        testing.check_task(WrongIO, {"dim": 2, "length": 4})
+
+
+def test_check_hypothesis_catches_crashes_nondeterminism_and_bad_masks():
+    from probekit.hypotheses import Hypothesis, Target
+
+    task = _task("lds")
+
+    class Noisy(Hypothesis):
+        name = "noisy"
+        requires = ("x",)
+
+        def compute(self, ds):
+            x = ds["x"].values
+            return [Target("noise", np.random.default_rng().normal(size=x.shape), np.ones(x.shape[:2], bool), "noise")]
+
+    with pytest.raises(AssertionError, match="determinism"):
+        testing.check_hypothesis(Noisy, task=task)
+
+    class Crashes(Hypothesis):
+        name = "crashes"
+        requires = ("x",)
+
+        def compute(self, ds):
+            n, t, d = ds["x"].shape  # a store whose x has no feature dim crashes here
+            return [Target("x", ds["x"].values, np.ones((n, t), bool), "x")]
+
+    testing.check_hypothesis(Crashes, task=task)
+    with pytest.raises(AssertionError, match="crashed instead of refusing clearly"):
+        testing.check_hypothesis(Crashes, task=task, unsupported=[task.generate(4, 0).isel(x_dim=0)])
+
+
+def test_check_model_adapter_catches_batch_dependence(tiny_checkpoint):
+    toy = HOST.models.get("toy")
+
+    class Leaky(toy):
+        def run(self, inputs, sites):
+            acts, out = super().run(inputs, sites)
+            return {k: v + inputs.shape[0] for k, v in acts.items()}, out  # depends on the batch
+
+    inputs = _task("lds").generate(3, 7)["x"].values
+    with pytest.raises(AssertionError, match="sample 0 alone vs in a batch"):
+        testing.check_model_adapter(Leaky, str(tiny_checkpoint), inputs=inputs, random_init=False)
+
+
+def test_testing_is_importable_without_heavy_modules():
+    import subprocess
+
+    code = "import probekit.testing, sys; print(' '.join(sorted(m for m in ('torch', 'zarr', 'sklearn') if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
