@@ -163,6 +163,11 @@ def run_compare(host, model: str, hypotheses: list[str], settings: CompareSettin
     model_fn = _model_fn(adapter)
     task_cls, params = _task_for(host, adapter, settings)
     task = task_cls(**params)
+    cfg = adapter.ckpt.config
+    if (task.io.d_in, task.io.d_out) != (cfg.d_in, cfg.d_out) or task.io.seq_len > cfg.max_len:
+        raise UsageError(f"task {task.name!r} ({task.io.d_in} input features, {task.io.d_out} outputs, "
+                         f"{task.io.seq_len} positions) does not fit {model} ({cfg.d_in} inputs, {cfg.d_out} "
+                         f"outputs, at most {cfg.max_len} positions); check --task and --param")
     ood_param = getattr(task_cls, "ood_param", None)
     scales = tuple(settings.ood_scales) if ood_param else ()
     provenance = adapter.provenance()

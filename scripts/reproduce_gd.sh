@@ -21,3 +21,20 @@ train lsa-rec-2 lsa-recurrent 2
 train lsa-rec-3 lsa-recurrent 3
 train softmax-attn-1 attn-only 1
 train softmax-mlp-1 softmax 1
+
+# one markdown table of everything above
+PY=${PYTHON:-.venv/bin/python}
+$PY - "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("| model | loss model | K-step GD: loss, model cos | GD++: loss, model cos |")
+print("|---|---|---|---|")
+for f in sorted(out.glob("*.compare.json")):
+    res = json.loads(f.read_text())
+    h = {r["hypothesis"]: r for r in res["hypotheses"]}
+    fmt = lambda r, k: f"{r[k][0]:.4f} ± {(r[k][2] - r[k][1]) / 2:.4f}"
+    print(f"| {f.name.removesuffix('.compare.json')} | {fmt(h['gd'], 'loss_model')} | "
+          f"{fmt(h['gd'], 'loss_alg')}, {fmt(h['gd'], 'model_cos')} | "
+          f"{fmt(h['gdpp'], 'loss_alg')}, {fmt(h['gdpp'], 'model_cos')} |")
+PYEOF

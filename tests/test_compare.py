@@ -105,6 +105,8 @@ def test_compare_cli_json_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gd" in err and "rls" in err and len(err.strip().splitlines()) == 1
     assert run(["compare", "--model", f"toy:{path}", "-H", "gd", "--ood", "a,b"]) == 2
+    assert run(["compare", "--model", f"toy:{path}", "-H", "gd", "-p", "dim=5", "--ood", ""]) == 2
+    assert "does not fit" in capsys.readouterr().err
 
 
 def test_mean_ci():
