@@ -82,7 +82,7 @@ def test_unknown_hypothesis_target_and_option(capsys, tmp_path, trained):
     assert run(["cache", "--model", f"toy:{trained}", "--out", str(store), "-n", "30", "--json"]) == 0
     capsys.readouterr()
     for args, msg in [
-        (["-H", "rsl"], "error: unknown hypothesis 'rsl'; choose from: gd, gdpp, pgd, rls"),
+        (["-H", "rsl"], "error: unknown hypothesis 'rsl'; choose from: gd, gdpp, induction, pgd, rls"),
         (["-H", "rls", "-t", "nope"], "error: unknown target 'nope'; choose from: current_state, neumann_1"),
         (["-H", "rls", "-o", "lamda=1"], "error: hypothesis 'rls' has no option 'lamda'; choose from: lam, neumann_orders, min_pos"),
         (["-H", "rls", "--site", "mlp_out"], "error: unknown site 'mlp_out'; choose from: resid"),
