@@ -85,19 +85,80 @@ def _task_for(host, adapter, settings: CompareSettings):
 
 
 def _model_fn(adapter) -> Callable:
+    """The model as a torch function: continuous inputs -> outputs (differentiable), or token ids ->
+    log-probabilities (float64 on the CPU)."""
     import torch
 
     model = getattr(adapter, "model", None)
     if model is None or getattr(getattr(adapter, "ckpt", None), "config", None) is None:
-        raise UsageError(f"compare needs a differentiable toy model with continuous inputs; {adapter.spec} is not one")
-    if adapter.ckpt.config.input_kind != "continuous":
-        raise UsageError("compare differentiates model outputs by their inputs, so it needs continuous inputs")
+        raise UsageError(f"compare needs a toy model (toy:<checkpoint>); {adapter.spec} is not one")
     device = adapter.device
+    if adapter.ckpt.config.input_kind == "tokens":
+        def forward_tokens(x: "torch.Tensor") -> "torch.Tensor":
+            with torch.no_grad():
+                return model(x.to(device)).double().log_softmax(-1).cpu()
+
+        return forward_tokens
 
     def forward(x: "torch.Tensor") -> "torch.Tensor":
         return model(x.to(device=device, dtype=torch.float32)).to("cpu", torch.float64)
 
     return forward
+
+
+def per_task_tokens(model_fn, hyp, task, ds, batch_size: int) -> dict[str, np.ndarray]:
+    """Token tasks: per (sample, position) in the loss mask, the cross-entropy of the next token under
+    model and algorithm (``loss_zero``: the uniform predictor), the total-variation distance of
+    their predictive distributions (``pred_diff``), and their centred log-probabilities for
+    :func:`logit_r2` (sensitivities are not defined for discrete inputs: NaN)."""
+    import torch
+
+    io = task.io
+    tokens = np.asarray(ds[io.input_var].values)
+    target = np.asarray(ds[io.target_var].values)
+    mask = (np.asarray(ds[io.loss_mask_var].values, dtype=bool) if io.loss_mask_var
+            else np.ones(tokens.shape[:2], dtype=bool))
+    rows: dict[str, list] = {k: [] for k in (*METRICS, "centred_model", "centred_alg", "sample")}
+    for start in range(0, len(tokens), batch_size):
+        sl = slice(start, start + batch_size)
+        x = torch.as_tensor(tokens[sl])
+        lp_m, lp_a = model_fn(x), hyp.predict(x).double()
+        if lp_m.shape != lp_a.shape:
+            raise DataError(f"hypothesis {hyp.name!r} predicts shape {tuple(lp_a.shape)}, the model {tuple(lp_m.shape)}")
+        keep = torch.as_tensor(mask[sl])
+        y = torch.as_tensor(target[sl])[keep]
+        lp_m, lp_a = lp_m[keep], lp_a[keep]  # [rows, vocab]
+        rows["loss_model"].append(-lp_m.gather(-1, y[:, None])[:, 0])
+        rows["loss_alg"].append(-lp_a.gather(-1, y[:, None])[:, 0])
+        rows["loss_zero"].append(torch.full((len(y),), float(np.log(lp_m.shape[-1])), dtype=torch.float64))
+        rows["pred_diff"].append(0.5 * (lp_m.exp() - lp_a.exp()).abs().sum(-1))
+        rows["model_cos"].append(torch.full((len(y),), torch.nan, dtype=torch.float64))
+        rows["model_l2"].append(torch.full((len(y),), torch.nan, dtype=torch.float64))
+        rows["centred_model"].append(lp_m - lp_m.mean(-1, keepdim=True))
+        rows["centred_alg"].append(lp_a - lp_a.mean(-1, keepdim=True))
+        rows["sample"].append(torch.as_tensor(np.nonzero(mask[sl])[0] + start))
+    return {k: torch.cat(v).numpy() for k, v in rows.items()}
+
+
+def logit_r2(rows: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """R² of the model's centred log-probabilities against the algorithm's, pooled over rows and
+    classes (for two classes: exactly the R² of the log-odds), with a 95 % bootstrap CI over samples."""
+    sse = ((rows["centred_model"] - rows["centred_alg"]) ** 2).sum(-1)
+    a = rows["centred_alg"]
+    ids, sample = np.unique(rows["sample"], return_inverse=True)
+    per = lambda v: np.bincount(sample, weights=v, minlength=len(ids))  # noqa: E731
+    s_sse, s_sq, s_n = per(sse), per((a**2).sum(-1)), per(np.ones(len(a)))
+    s_sum = np.stack([per(a[:, j]) for j in range(a.shape[1])], -1)
+
+    def r2(w: np.ndarray) -> np.ndarray:  # w: [boots, samples] weights
+        n = w @ s_n
+        sst = w @ s_sq - ((w @ s_sum) ** 2).sum(-1) / n
+        return 1 - (w @ s_sse) / sst
+
+    point = float(r2(np.ones((1, len(ids))))[0])
+    rng = np.random.default_rng(seed)
+    boots = r2(rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_boot).astype(np.float64))
+    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 def per_task(model_fn, hyp, task, ds, batch_size: int, model_dtype=None) -> dict[str, np.ndarray]:
@@ -200,10 +261,11 @@ def run_compare(host, model: str, hypotheses: list[str], settings: CompareSettin
             hyp.fit(fit_ds)
             fitted[name] = hyp.fitted()
             tick(f"{name}: fitted")
-            records[name] = {"id": per_task(model_fn, hyp, task, held_out, settings.batch_size)}
+            run = per_task_tokens if task.io.kind == "tokens" else per_task
+            records[name] = {"id": run(model_fn, hyp, task, held_out, settings.batch_size)}
             tick(f"{name}: held-out tasks")
             for s in scales:
-                records[name][s] = per_task(model_fn, hyp, task, ood[s], settings.batch_size)
+                records[name][s] = run(model_fn, hyp, task, ood[s], settings.batch_size)
                 tick(f"{name}: x{s:g}")
     return _to_dataset(records, fitted, hypotheses, scales, ood_param, settings, model, task, xr)
 
@@ -220,6 +282,12 @@ def _to_dataset(records, fitted, hypotheses, scales, ood_param, settings, model,
             data["ood_" + metric] = (("hypothesis", "scale"), curve[..., 0])
             data["ood_" + metric + "_lo"] = (("hypothesis", "scale"), curve[..., 1])
             data["ood_" + metric + "_hi"] = (("hypothesis", "scale"), curve[..., 2])
+    if task.io.kind == "tokens":
+        stats = np.array([logit_r2(records[h]["id"]) for h in hypotheses])
+        data["logit_r2"] = (("hypothesis",), stats[:, 0],
+                            {"description": "R² of the model's centred log-probabilities against the algorithm's"})
+        data["logit_r2_lo"] = (("hypothesis",), stats[:, 1])
+        data["logit_r2_hi"] = (("hypothesis",), stats[:, 2])
     coords = {"hypothesis": list(hypotheses)}
     if scales:
         coords["scale"] = list(scales)
@@ -229,6 +297,7 @@ def _to_dataset(records, fitted, hypotheses, scales, ood_param, settings, model,
         "task": task.name,
         "task_params": json.dumps(dataclasses.asdict(task.params)),
         "ood_param": ood_param or "",
+        "output_kind": task.io.kind,
         "sensitivity_features": list(task.io.sensitivity_features or ()),
         "fitted": json.dumps(fitted),
         "settings": json.dumps(settings_dict, default=list),
@@ -242,8 +311,9 @@ def compare_json(results) -> str:
     for h in results.hypothesis.values:
         r = results.sel(hypothesis=h)
         rec = {"hypothesis": str(h)}
-        for metric in METRICS:
-            rec[metric] = [float(r[metric]), float(r[metric + "_lo"]), float(r[metric + "_hi"])]
+        for metric in (*METRICS, "logit_r2"):
+            if metric in results:
+                rec[metric] = [float(r[metric]), float(r[metric + "_lo"]), float(r[metric + "_hi"])]
         if "scale" in results.coords:
             rec["ood"] = {metric: {f"{float(s):g}": float(r["ood_" + metric].sel(scale=s)) for s in results.scale.values}
                           for metric in ("loss_model", "loss_alg", "model_cos")}
@@ -257,6 +327,8 @@ def compare_table(results):
     from rich.table import Table
 
     n = json.loads(results.attrs["settings"])["n_samples"]
+    if results.attrs.get("output_kind") == "tokens":
+        return _token_table(results, n)
     table = Table(title=f"{results.attrs['model_spec']} vs algorithm · {n:,} held-out {results.attrs['task']} tasks",
                   caption=f"mean ± half its 95% CI over tasks · loss: ½ squared error (predicting 0: "
                           f"{float(results.loss_zero.values[0]):.4f}) · cos, L2: sensitivities ∂ŷ/∂x",
@@ -275,6 +347,24 @@ def compare_table(results):
     return table
 
 
+def _token_table(results, n: int):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{results.attrs['model_spec']} vs algorithm · {n:,} held-out {results.attrs['task']} sequences",
+                  caption=f"mean ± half its 95% CI · loss: next-token cross-entropy in nats (uniform: "
+                          f"{float(results.loss_zero.values[0]):.4f}) · TV: total-variation distance of the "
+                          f"predictive distributions · log-odds R²: model vs algorithm, bootstrap CI over sequences",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), show_lines=True)
+    for col in ("algorithm", "loss model", "loss alg", "TV distance", "log-odds R²"):
+        table.add_column(col, justify="left" if col == "algorithm" else "right", no_wrap=True)
+    for h in results.hypothesis.values:
+        r = results.sel(hypothesis=h)
+        cell = lambda m: f"{float(r[m]):.4f}\n[dim]±{(float(r[m + '_hi']) - float(r[m + '_lo'])) / 2:.4f}[/dim]"  # noqa: E731
+        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), cell("pred_diff"), cell("logit_r2"))
+    return table
+
+
 def plot_compare(results, path):
     """PNG: loss of model and algorithms against the out-of-distribution scale (left) and the
     sensitivity cosine (right), with 95 % bands; the training distribution is at scale 1."""
@@ -290,7 +380,8 @@ def plot_compare(results, path):
     if "scale" not in results.coords:
         ax_l.bar(["model", *map(str, results.hypothesis.values)],
                  [float(results.loss_model.values[0]), *results.loss_alg.values])
-        ax_c.bar(list(map(str, results.hypothesis.values)), results.model_cos.values)
+        right = "logit_r2" if "logit_r2" in results else "model_cos"
+        ax_c.bar(list(map(str, results.hypothesis.values)), results[right].values)
     else:
         s = results.scale.values
         first = results.isel(hypothesis=0)
@@ -306,8 +397,9 @@ def plot_compare(results, path):
         for ax in (ax_l, ax_c):
             ax.set_xlabel(f"{results.attrs['ood_param']} × scale")
             ax.axvline(1.0, color="0.7", lw=0.8)
-    ax_l.set_ylabel("½ squared error")
-    ax_c.set_ylabel("model cos (sensitivities)")
+    tokens = results.attrs.get("output_kind") == "tokens"
+    ax_l.set_ylabel("cross-entropy (nats)" if tokens else "½ squared error")
+    ax_c.set_ylabel("log-odds R² (model vs algorithm)" if tokens else "model cos (sensitivities)")
     fig.suptitle(f"{results.attrs['model_spec']} · {results.attrs['task']}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
