@@ -292,12 +292,12 @@ def check_hypothesis(hyp_cls: type, ds: "xr.Dataset | str | Path | None" = None,
     for var_name in requires:
         if var_name in ds.data_vars:
             stripped = ds.drop_vars(var_name)
-            err = _raises_probekit_error(lambda: hyp_cls(**options).targets(stripped), what,
+            err = _raises_probekit_error(lambda s=stripped: hyp_cls(**options).targets(s), what,
                                          f"a store without required variable {var_name!r}")
             _check(isinstance(err, StoreError), what, f"a store without {var_name!r} must raise StoreError "
                    f"(Hypothesis.check does this from `requires`), got {type(err).__name__}")
     for i, bad in enumerate(unsupported):
-        _raises_probekit_error(lambda: hyp_cls(**options).targets(bad), what, f"unsupported store #{i}")
+        _raises_probekit_error(lambda b=bad: hyp_cls(**options).targets(b), what, f"unsupported store #{i}")
 
     if getattr(hyp, "can_predict", False) and task is not None:
         _check_predict(hyp_cls, options, ds, task, what, rtol, atol)

@@ -85,7 +85,9 @@ def test_torch_adapter_conforms():
 
 def test_hf_adapter_conforms(tmp_path):
     pytest.importorskip("transformers")
-    from test_hf import _build  # the tiny GPT-2 (and its tokenizer) test_hf builds, saved here
+    from test_hf import (
+        _build,  # the tiny GPT-2 (and its tokenizer) test_hf builds, saved here
+    )
 
     _build("gpt2", tmp_path / "gpt2")
     adapter = HOST.models.get("hf").load(str(tmp_path / "gpt2"))
@@ -183,7 +185,7 @@ def test_check_hypothesis_catches_crashes_nondeterminism_and_bad_masks():
         requires = ("x",)
 
         def compute(self, ds):
-            n, t, d = ds["x"].shape  # a store whose x has no feature dim crashes here
+            n, t, _ = ds["x"].shape  # a store whose x has no feature dim crashes here
             return [Target("x", ds["x"].values, np.ones((n, t), bool), "x")]
 
     testing.check_hypothesis(Crashes, task=task)
