@@ -179,6 +179,34 @@ class AffinePromptsTask(Task):
                         "n_examples": n_examples})
         return out
 
+    def rule_grid(self) -> np.ndarray:
+        """The ideal observer's candidate rules: integer a in [-5, 5], b in [-10, 10] (widened to
+        contain the task's own rule)."""
+        from probekit_bayes.posterior import affine_rule_grid
+
+        p = self.params
+        return affine_rule_grid((min(-5, p.a), max(5, p.a)), (min(-10, p.b), max(10, p.b)))
+
+    def n_answers(self) -> int:
+        """|Y|: the integers any candidate rule can produce on x in 0..x_max."""
+        rules = self.rule_grid()
+        ends = rules[:, :1] * np.array([[0, self.params.x_max]]) + rules[:, 1:]
+        return int(ends.max() - ends.min() + 1)
+
+    def ideal_log_odds(self, prompt: dict, epsilon: float) -> float:
+        """The exact Bayesian observer's log-odds of this prompt's answer (see probekit_bayes.posterior)."""
+        from probekit_bayes.posterior import affine_answer_log_odds
+
+        xs = np.asarray(prompt["xs"], dtype=np.int64)
+        return affine_answer_log_odds(xs, self.rule(xs), prompt["x_q"], int(self.rule(prompt["x_q"])),
+                                      self.rule_grid(), epsilon, self.n_answers())
+
+    def asymptotic_slope(self, epsilon: float) -> float:
+        """Per-example growth of the true rule's posterior log-odds once the others are contradicted."""
+        from probekit_bayes.posterior import affine_asymptotic_slope
+
+        return affine_asymptotic_slope(epsilon, self.n_answers())
+
     def prompt_pairs(self, n: int, seed: int) -> list[dict]:
         """``n`` patching pairs: ``a`` with ``max_examples`` examples, ``b`` the same query alone."""
         pairs = []

@@ -1,0 +1,173 @@
+"""In-context learning curves: P(correct answer) against the number of examples in the prompt.
+
+For a *prompt task* — a task with ``prompts(n_examples, count, seed) -> [{"text", "answer",
+...}]`` (e.g. ``affine-prompts``) — and any model with a tokenizer (``hf:``), score the
+log-probability of the answer's tokens after each prompt (teacher forcing), for
+n = 0..N examples. The curve of mean logit P(correct) against n is fitted by a line
+(slope, intercept, R²): a Bayesian observer whose evidence adds a constant per example
+predicts a straight line. If the task has ``ideal_log_odds(prompt, epsilon)`` (the exact
+Bayesian observer's log-odds of the answer), the ideal curve and its asymptotic slope are
+reported beside the model's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from probekit.errors import DataError, UsageError
+
+
+@dataclass(frozen=True)
+class ICLSettings:
+    count: int = 50  # prompts per n
+    max_examples: int | None = None  # default: the task's own
+    seed: int = 0
+    epsilon: float = 0.05  # noise level of the ideal Bayesian observer
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.count < 1 or self.batch_size < 1 or not 0 < self.epsilon < 1:
+            raise UsageError("icl needs count >= 1, batch_size >= 1 and 0 < epsilon < 1")
+
+
+def answer_log_probs(adapter, texts: list[str], answers: list[str], batch_size: int = 16) -> np.ndarray:
+    """log P(answer tokens | prompt) for each pair, by teacher forcing.
+
+    The answer's tokens are those of ``prompt + answer`` after the prompt's own tokens when the
+    prompt's tokenisation is a prefix of the joint one; otherwise (a token merging across the
+    boundary) the answer is tokenised on its own and appended to the prompt's tokens.
+    """
+    if not hasattr(adapter, "tokenize"):
+        raise UsageError(f"in-context curves need a model with a tokenizer (hf:); {adapter.spec} has none")
+    out = np.empty(len(texts))
+    for start in range(0, len(texts), batch_size):
+        prompts, answers_b = texts[start:start + batch_size], answers[start:start + batch_size]
+        p_ids, p_valid = adapter.tokenize(prompts)
+        j_ids, j_valid = adapter.tokenize([p + a for p, a in zip(prompts, answers_b)])
+        seqs, spans = [], []
+        for i in range(len(prompts)):
+            p = p_ids[i, p_valid[i]].tolist()
+            full = j_ids[i, j_valid[i]].tolist()
+            if full[:len(p)] != p:
+                alone = adapter.tokenizer(answers_b[i], add_special_tokens=False)["input_ids"]
+                full = p + list(alone)
+            if len(full) <= len(p):
+                raise DataError(f"answer {answers_b[i]!r} tokenises to nothing after its prompt")
+            seqs.append(full)
+            spans.append((len(p), len(full)))
+        T = max(len(s) for s in seqs)
+        ids, valid = np.zeros((len(seqs), T), np.int64), np.zeros((len(seqs), T), bool)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)], valid[i, :len(s)] = s, True
+        _, logits = adapter.run(ids, [], valid=valid)
+        logits = logits.astype(np.float64)
+        logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        for i, (a, b) in enumerate(spans):
+            out[start + i] = sum(logp[i, j - 1, ids[i, j]] for j in range(a, b))
+    return out
+
+
+def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and R² of y against x."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    ss = ((y - y.mean()) ** 2).sum()
+    return float(slope), float(intercept), float(1 - (resid**2).sum() / ss) if ss > 0 else float("nan")
+
+
+def icl_curve(adapter, task, settings: ICLSettings, *,
+              on_progress: Callable[[str, int, int], None] | None = None):
+    """The curve as an xarray Dataset over ``n_examples`` (per-prompt values kept on ``prompt``)."""
+    import xarray as xr
+
+    if not hasattr(task, "prompts"):
+        raise UsageError(f"task {task.name!r} is not a prompt task (it has no prompts(n, count, seed))")
+    n_max = settings.max_examples if settings.max_examples is not None else task.params.max_examples
+    ns = np.arange(n_max + 1)
+    logp = np.empty((len(ns), settings.count))
+    ideal = np.full((len(ns), settings.count), np.nan)
+    has_ideal = hasattr(task, "ideal_log_odds")
+    for k, n in enumerate(ns):
+        prompts = task.prompts(int(n), settings.count, settings.seed)
+        logp[k] = answer_log_probs(adapter, [p["text"] for p in prompts], [p["answer"] for p in prompts],
+                                   settings.batch_size)
+        if has_ideal:
+            ideal[k] = [task.ideal_log_odds(p, settings.epsilon) for p in prompts]
+        if on_progress:
+            on_progress(f"n = {n}", k + 1, len(ns))
+    # log-odds of the correct answer; log1p(-p) stays finite for p -> 1 within float64
+    logit = logp - np.log(-np.expm1(np.minimum(logp, -1e-12)))
+    mean_logit = logit.mean(1)
+    slope, intercept, r2 = line_fit(ns, mean_logit)
+    data = {
+        "log_prob": (("n_examples", "prompt"), logp, {"description": "log P(correct answer tokens)"}),
+        "logit": (("n_examples", "prompt"), logit, {"description": "log-odds of the correct answer"}),
+        "p_correct": (("n_examples",), np.exp(logp).mean(1)),
+        "mean_logit": (("n_examples",), mean_logit),
+    }
+    attrs = {"model_spec": adapter.spec, "task": task.name, "task_params": json.dumps(asdict(task.params)),
+             "settings": json.dumps(asdict(settings)), "slope": slope, "intercept": intercept, "r2": r2}
+    if has_ideal:
+        data["ideal_logit"] = (("n_examples", "prompt"), ideal, {"description": "ideal Bayesian log-odds"})
+        data["ideal_mean_logit"] = (("n_examples",), ideal.mean(1))
+        attrs["ideal_slope"], _, attrs["ideal_r2"] = line_fit(ns, ideal.mean(1))
+        if hasattr(task, "asymptotic_slope"):
+            attrs["ideal_asymptotic_slope"] = task.asymptotic_slope(settings.epsilon)
+    return xr.Dataset(data, coords={"n_examples": ns, "prompt": np.arange(settings.count)}, attrs=attrs)
+
+
+def icl_table(res):
+    """A rich Table: n, P(correct), mean logit (and the ideal observer's), with the fits below."""
+    from rich import box
+    from rich.table import Table
+
+    ideal = "ideal_mean_logit" in res
+    caption = f"model: logit = {res.attrs['slope']:.3f}·n {res.attrs['intercept']:+.3f} (R² {res.attrs['r2']:.3f})"
+    if ideal:
+        caption += f" · ideal Bayesian: slope {res.attrs['ideal_slope']:.3f} (R² {res.attrs['ideal_r2']:.3f})"
+        if "ideal_asymptotic_slope" in res.attrs:
+            caption += f", asymptotically {res.attrs['ideal_asymptotic_slope']:.3f} per example"
+    table = Table(title=f"{res.attrs['model_spec']} · {res.attrs['task']} · P(correct) vs examples",
+                  caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("n", "P(correct)", "mean logit", *(["ideal logit"] if ideal else [])):
+        table.add_column(col, justify="right")
+    for k, n in enumerate(res.n_examples.values):
+        row = [str(int(n)), f"{float(res.p_correct[k]):.4f}", f"{float(res.mean_logit[k]):+.3f}"]
+        if ideal:
+            row.append(f"{float(res.ideal_mean_logit[k]):+.3f}")
+        table.add_row(*row)
+    return table
+
+
+def plot_icl(res, path):
+    """PNG: mean logit P(correct) against n with its line fit, and the ideal observer's curve."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = res.n_examples.values
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sem = res.logit.std("prompt") / np.sqrt(res.sizes["prompt"])
+    ax.errorbar(n, res.mean_logit, yerr=1.96 * sem, fmt="o", label="model (95% CI)")
+    ax.plot(n, res.attrs["slope"] * n + res.attrs["intercept"], "-",
+            label=f"line fit: slope {res.attrs['slope']:.3f}, R² {res.attrs['r2']:.3f}")
+    if "ideal_mean_logit" in res:
+        ax.plot(n, res.ideal_mean_logit, "k--", label="ideal Bayesian observer")
+    ax.set_xlabel("examples in the prompt (n)")
+    ax.set_ylabel("logit P(correct answer)")
+    ax.set_title(f"{res.attrs['model_spec']} · {res.attrs['task']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
