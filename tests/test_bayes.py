@@ -127,3 +127,31 @@ def test_affine_prompts_and_ideal_log_odds():
     assert lo[5] == pytest.approx(np.log(lik[i]) - np.log(np.delete(lik, i).sum()), rel=1e-9)
     ans = [posterior.affine_answer_log_odds(xs[:n], 2 * xs[:n] + 3, 7, 17, rules, eps, n_answers) for n in range(12)]
     assert ans[0] < ans[1] < ans[3] and ans[-1] == pytest.approx(np.log((1 - eps + noise) / (eps - noise)), rel=1e-3)
+
+
+def test_compare_on_token_tasks_scores_log_odds_r2():
+    """per_task_tokens + logit_r2 against a direct computation: a fake model whose log-odds are the
+    exact posterior logit plus noise."""
+    from probekit.compare import logit_r2, per_task_tokens
+
+    task = CoinTask(length=16)
+    ds = task.generate(400, 8)
+    hyp = BayesHypothesis().fit(ds)
+    rng = np.random.default_rng(0)
+    noise = torch.as_tensor(rng.normal(0, 0.3, ds["tokens"].shape))
+
+    def model_fn(x):
+        logit = torch.as_tensor(posterior.beta_posterior(x.numpy(), 1.0, 1.0)["logit"]) + noise[: len(x)]
+        return torch.stack([-torch.nn.functional.softplus(logit), -torch.nn.functional.softplus(-logit)], -1)
+
+    rows = per_task_tokens(model_fn, hyp, task, ds, batch_size=400)
+    exact = posterior.beta_posterior(ds["tokens"].values, 1.0, 1.0)["logit"].ravel()
+    model = exact + noise.numpy().ravel()
+    r2 = 1 - ((model - exact) ** 2).sum() / ((exact - exact.mean()) ** 2).sum()
+    point, lo, hi = logit_r2(rows)
+    assert point == pytest.approx(r2, rel=1e-10) and lo < point < hi
+    # cross-entropies of the true next tokens
+    nxt = ds["next"].values.ravel()
+    m = 1 / (1 + np.exp(-exact))
+    np.testing.assert_allclose(rows["loss_alg"], -np.log(np.where(nxt == 1, m, 1 - m)), rtol=1e-10)
+    assert np.isnan(rows["model_cos"]).all()
