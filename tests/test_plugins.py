@@ -78,6 +78,7 @@ def test_unknown_names_list_the_choices(host):
 
 
 def test_a_plugin_that_fails_to_import_warns_and_the_rest_works(monkeypatch):
+    monkeypatch.delenv("PROBEKIT_LOAD_PLUGINS", raising=False)  # conftest pins the built-ins; load every one
     real = list(metadata.entry_points(group="probekit"))
     broken = metadata.EntryPoint(name="broken", value="probekit_no_such_module_xyz", group="probekit")
     monkeypatch.setattr("probekit.plugins.metadata.entry_points", lambda group: real + [broken])
