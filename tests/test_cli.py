@@ -60,7 +60,7 @@ def test_plugins_command(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--task", "lsd", "--out", "x"], "error: unknown task 'lsd'; choose from: lds"),
+        (["train", "--task", "lsd", "--out", "x"], "error: unknown task 'lsd'; choose from: affine-prompts, coin, "),
         (["train", "--model", "big", "--out", "x"], "error: unknown model preset 'big'; choose from: attn-only, linear, lsa, lsa-recurrent, softmax"),
         (["train", "-p", "dimm=3", "--out", "x"], "error: unknown parameter 'dimm'; choose from: clip, dim, length, sigma"),
         (["cache", "--model", "gpt:foo", "--out", "x.zarr"], "error: unknown model scheme 'gpt'; choose from: hf, torch, toy"),
@@ -82,7 +82,7 @@ def test_unknown_hypothesis_target_and_option(capsys, tmp_path, trained):
     assert run(["cache", "--model", f"toy:{trained}", "--out", str(store), "-n", "30", "--json"]) == 0
     capsys.readouterr()
     for args, msg in [
-        (["-H", "rsl"], "error: unknown hypothesis 'rsl'; choose from: gd, gdpp, induction, pgd, rls"),
+        (["-H", "rsl"], "error: unknown hypothesis 'rsl'; choose from: bayes, gd, gdpp, induction, pgd, rls"),
         (["-H", "rls", "-t", "nope"], "error: unknown target 'nope'; choose from: current_state, neumann_1"),
         (["-H", "rls", "-o", "lamda=1"], "error: hypothesis 'rls' has no option 'lamda'; choose from: lam, neumann_orders, min_pos"),
         (["-H", "rls", "--site", "mlp_out"], "error: unknown site 'mlp_out'; choose from: resid"),
