@@ -11,7 +11,7 @@ pip_install() {  # quiet unless it fails; then show pip's log
     cat .venv/pip.log; echo "set-up failed: pip install $*" >&2; exit 1
   fi
 }
-pip_install -e ".[docs]"
+pip_install -e ".[docs,tlens]"  # tlens: the tlens: adapter is tested when TransformerLens is installed
 
 echo "== docs: mkdocs build --strict"
 export NO_MKDOCS_2_WARNING=1  # mkdocs-material's end-of-life banner
