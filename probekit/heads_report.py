@@ -106,7 +106,7 @@ def plot_ov_qk(ds, path, threshold: float = 0.5) -> Path:
                 kw.update(marker="o", linewidths=1.2, alpha=0.6)
             sc = ax.scatter([ov[l, h]], [y], **kw)
             weight = "bold" if ind[l, h] >= threshold else "normal"
-            ax.annotate(f"{l}.{h}", (ov[l, h], y), xytext=(4, 4), textcoords="offset points", fontsize=8,
+            ax.annotate(f"{l}.{h}", (ov[l, h], y), xytext=(4, 4 - 9 * (h % 4)), textcoords="offset points", fontsize=7,
                         weight=weight)
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="induction score (attention)")
@@ -177,15 +177,16 @@ def dynamics_table(ds):
     from rich.table import Table
 
     icl, ind = json.loads(ds.attrs["phase_icl"] or "{}"), json.loads(ds.attrs["phase_induction"] or "{}")
-    caption = [f"ICL score: {ds.attrs['icl_label']} on {ds.attrs['icl_data']}",
-               f"induction: largest over heads of blocks {ds.attrs['induction_blocks']}"]
+    caption = [f"ICL: {ds.attrs['icl_label']} on {ds.attrs['icl_data']}; loss: training loss",
+               f"induct: largest induction score over heads of blocks {ds.attrs['induction_blocks']}; "
+               "prev-tok: largest previous-token score; OV ind.: OV copying of that induction head"]
     for name, p in (("ICL score", icl), ("induction score", ind)):
         if p:
             caption.append(f"{name}: knee (largest slope change) at step {p['knee']}; steepest "
                            f"{p['jump_from']}→{p['jump_to']} ({p['jump']:+.3f} of {p['total']:+.3f})")
     table = Table(title=f"through training · {ds.attrs['source']}", caption="\n".join(caption),
                   box=box.SIMPLE_HEAD, padding=(0, 1))
-    for col in ("step", "train loss", "ICL score", "induction (head)", "prev-token (head)", "OV of ind. head"):
+    for col in ("step", "loss", "ICL", "induct (head)", "prev-tok (head)", "OV ind."):
         table.add_column(col, justify="right", no_wrap=True)
     first = 1 if ds.sizes["layer"] > 1 else 0
     for i, step in enumerate(ds.checkpoint.values):
@@ -233,7 +234,7 @@ def plot_dynamics(ds, path) -> Path:
     steps = ds.checkpoint.values
     ax.plot(steps, ds.icl_score.values, "k-o", ms=3, lw=1.8, label="ICL score")
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"ICL score (nats): {ds.attrs['icl_label']}", fontsize=7)
+    ax.set_ylabel("ICL score (nats; lower = more in-context learning)", fontsize=8)
     ax2 = ax.twinx()
     first = 1 if ds.sizes["layer"] > 1 else 0
     for l in range(first, ds.sizes["layer"]):
@@ -241,6 +242,7 @@ def plot_dynamics(ds, path) -> Path:
             ax2.plot(steps, ds.induction.values[:, l, h], "-", lw=1.0, alpha=0.8, label=f"induction {l}.{h}")
     ax2.set_ylim(-0.02, 1.02)
     ax2.set_ylabel("induction score (attention to the token after the previous occurrence)", fontsize=7)
+    ax2.set_xlim(ax.get_xlim())
     for key, color, name in (("phase_icl", "k", "ICL knee"), ("phase_induction", "tab:red", "induction knee")):
         p = json.loads(ds.attrs.get(key) or "{}")
         if p:
@@ -248,7 +250,7 @@ def plot_dynamics(ds, path) -> Path:
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=6, loc="center right")
-    ax.set_title(f"{ds.attrs['source']}", fontsize=8)
+    ax.set_title(f"{ds.attrs['source']}\nICL score: {ds.attrs['icl_label']}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

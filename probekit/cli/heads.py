@@ -37,6 +37,7 @@ def heads(
     threshold: float = typer.Option(0.5, help="Score from which a head counts as an induction (prev-token, "
                                     "duplicate) head."),
     batch_size: int = typer.Option(64, help="Sequences per forward pass."),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: heads.png in the toy model's directory, "
                                         "or dynamics.png in the run's; others: the working directory); the "
@@ -54,6 +55,10 @@ def heads(
 
     if bool(model) == bool(checkpoints):
         raise UsageError("pass either --model or --checkpoints")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     host = PluginHost.default()
     params = {}
     if param:
