@@ -15,6 +15,10 @@ query ``q`` in the second (and later) copies and over sequences,
 LayerNorm folded into the weights that read it (its scale ``gamma`` and its centring
 ``P = I - 11^T/d``; the division by the norm is a positive scalar and is dropped):
 
+Logits matter only up to a constant per position (the softmax ignores it), so ``W_U`` is
+centred over the vocabulary (TransformerLens's ``center_unembed``); that makes the scores the
+same whether or not a model's weights were processed that way.
+
 * ``ov_copying``: the OV circuit ``W_E W_V W_O W_U`` (vocab x vocab) has the same nonzero
   eigenvalues as ``W_O W_U W_E W_V`` (d_head x d_head), which is what is diagonalised;
   score = ``sum(lambda) / sum(|lambda|)`` in [-1, 1], +1 for a pure copying head;
@@ -23,9 +27,10 @@ LayerNorm folded into the weights that read it (its scale ``gamma`` and its cent
   equals the token *before* the key, i.e. prefix matching; the same eigen-score, computed
   from its d_head x d_head form. Undefined (NaN) for block 0.
 
-Weight scores need the model's matrices: probekit's toy transformers (token inputs) and
-GPT-2-family ``hf:`` models. Pattern scores work for any adapter with an ``attn_pattern``
-site. Behaviour (ICL score, ablation, training dynamics) is in :mod:`probekit.dynamics`.
+Weight scores need the model's matrices: probekit's toy transformers (token inputs),
+GPT-2-family ``hf:`` models and ``tlens:`` models (``qk_prefix`` only with absolute positions:
+rotary or ALiBi attention makes QK depend on the distance). Pattern scores work for any adapter
+with an ``attn_pattern`` site. Behaviour (ICL score, ablation, training dynamics) is in :mod:`probekit.dynamics`.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class HeadWeights:
     W_V: np.ndarray
     W_O: np.ndarray
     source: str = ""
+    qk_meaningful: bool = True  # False where positions enter QK (rotary, ALiBi): no prefix-matching score
+
+    def __post_init__(self):
+        self.W_U = self.W_U - self.W_U.mean(1, keepdims=True)  # logits up to a constant per position
 
     @property
     def n_layers(self) -> int:
@@ -123,8 +132,18 @@ def layernorm_fold(ln, d: int) -> np.ndarray:
         return (np.eye(d) - 1.0 / d) * gamma[None, :]
     if isinstance(ln, nn.Identity) or ln is None:
         return np.eye(d)
-    if type(ln).__name__.endswith("LayerNorm") and hasattr(ln, "weight"):  # e.g. transformers' own
-        return (np.eye(d) - 1.0 / d) * _np(ln.weight)[None, :]
+    name = type(ln).__name__
+    centre = np.eye(d) - 1.0 / d
+    if name == "LayerNorm" and hasattr(ln, "w"):  # TransformerLens
+        return centre * _np(ln.w)[None, :]
+    if name == "LayerNormPre":  # TransformerLens after fold_ln: centre and scale only
+        return centre
+    if name == "RMSNorm" and hasattr(ln, "w"):
+        return np.diag(_np(ln.w))
+    if name == "RMSNormPre":
+        return np.eye(d)
+    if name.endswith("LayerNorm") and hasattr(ln, "weight"):  # e.g. transformers' own
+        return centre * _np(ln.weight)[None, :]
     raise UsageError(f"cannot fold a {type(ln).__name__} into the weights (LayerNorm or none only)")
 
 
@@ -169,6 +188,24 @@ def gpt2_weights(model) -> HeadWeights:
     return HeadWeights(_np(tr.wte.weight), W_U, np.stack(Q), np.stack(K), np.stack(V), np.stack(O), "gpt2")
 
 
+def tlens_weights(model) -> HeadWeights:
+    """The matrices of a TransformerLens ``HookedTransformer`` (its own ``W_Q`` ... ``W_U``, in the
+    same row-vector convention), with whatever norm is left after its weight processing folded."""
+    cfg = model.cfg
+    d = cfg.d_model
+    Q, K, V, O = [], [], [], []
+    for layer, block in enumerate(model.blocks):
+        fold = layernorm_fold(getattr(block, "ln1", None), d)
+        Q.append(np.einsum("de,hef->hdf", fold, _np(model.W_Q[layer])))
+        K.append(np.einsum("de,hef->hdf", fold, _np(model.W_K[layer])))
+        V.append(np.einsum("de,hef->hdf", fold, _np(model.W_V[layer])))
+        O.append(_np(model.W_O[layer]))
+    W_U = layernorm_fold(getattr(model, "ln_final", None), d) @ _np(model.W_U)
+    absolute = getattr(cfg, "positional_embedding_type", "standard") in ("standard", "shortformer")
+    return HeadWeights(_np(model.W_E), W_U, np.stack(Q), np.stack(K), np.stack(V), np.stack(O), "tlens",
+                       qk_meaningful=absolute)
+
+
 def head_weights(adapter) -> tuple[HeadWeights | None, str]:
     """The adapter's model matrices and where they came from, or ``(None, why not)``."""
     model = getattr(adapter, "model", None)
@@ -177,11 +214,13 @@ def head_weights(adapter) -> tuple[HeadWeights | None, str]:
         if cfg.arch == "transformer" and cfg.input_kind == "tokens":
             return toy_weights(model), "toy"
         return None, "weight scores need a toy transformer with token inputs"
+    if model is not None and hasattr(getattr(model, "cfg", None), "d_vocab"):
+        return tlens_weights(model), "tlens"
     model_type = getattr(getattr(adapter, "config", None), "model_type", None)
     if model_type == "gpt2" and model is not None and hasattr(model, "transformer"):
         return gpt2_weights(model), "gpt2"
-    return None, (f"weight scores (OV, QK) are implemented for toy and GPT-2 models; {getattr(adapter, 'spec', '?')} "
-                  f"is {model_type or type(model).__name__}")
+    return None, (f"weight scores (OV, QK) are implemented for toy, GPT-2 and TransformerLens models; "
+                  f"{getattr(adapter, 'spec', '?')} is {model_type or type(model).__name__}")
 
 
 # ----------------------------------------------------------------------------- eigen-scores
@@ -240,7 +279,7 @@ def weight_scores(W: HeadWeights, prev_heads: list[int | None] | None = None) ->
         for head in range(H):
             ov_lam[layer, head] = ov_eigenvalues(W, layer, head)
             ov[layer, head] = eigen_score(ov_lam[layer, head])
-            if layer == 0:
+            if layer == 0 or not W.qk_meaningful:
                 continue
             choices = [prev_heads[layer]] if prev_heads and prev_heads[layer] is not None else range(H)
             best = max(choices, key=lambda p: eigen_score(qk_prefix_eigenvalues(W, layer, head, p)))

@@ -77,21 +77,28 @@ class TokenLayout:
 
 
 def token_layout(adapter) -> TokenLayout:
-    """Vocabulary, BOS and context length of a token model (toy or ``hf:``)."""
+    """Vocabulary, BOS and context length of a token model (``toy:``, ``hf:`` or ``tlens:``)."""
     cfg = getattr(getattr(adapter, "ckpt", None), "config", None)
     if cfg is not None:
         if cfg.input_kind != "tokens":
             raise UsageError(f"probekit heads needs a token model; {adapter.spec} reads continuous inputs")
         bos = adapter.ckpt.task_params.get("bos") is True
         return TokenLayout(cfg.d_in, 0 if bos else None, np.arange(1 if bos else 0, cfg.d_in), cfg.max_len)
-    tok = getattr(adapter, "tokenizer", None)
-    if tok is None or not hasattr(adapter, "model"):
-        raise UsageError(f"probekit heads needs a token model (toy: or hf:); {adapter.spec} is neither")
-    n_emb = int(adapter.model.get_input_embeddings().num_embeddings)
-    special = set(getattr(tok, "all_special_ids", []) or [])
-    allowed = np.array([i for i in range(min(len(tok), n_emb)) if i not in special], dtype=np.int64)
-    bos = tok.bos_token_id if tok.bos_token_id is not None and tok.bos_token_id < n_emb else None
-    return TokenLayout(n_emb, bos, allowed, adapter.max_positions or 1024)
+    model, tok = getattr(adapter, "model", None), getattr(adapter, "tokenizer", None)
+    tl_cfg = getattr(model, "cfg", None)
+    if tl_cfg is not None and hasattr(tl_cfg, "d_vocab"):  # TransformerLens
+        n_emb, max_pos = int(tl_cfg.d_vocab), int(tl_cfg.n_ctx)
+        wants_bos = bool(getattr(tl_cfg, "default_prepend_bos", True))
+    elif tok is not None and hasattr(model, "get_input_embeddings"):  # hf
+        n_emb, max_pos, wants_bos = int(model.get_input_embeddings().num_embeddings), adapter.max_positions, True
+    else:
+        raise UsageError(f"probekit heads needs a token model (toy:, hf: or tlens:); {adapter.spec} is none of them")
+    special = set(getattr(tok, "all_special_ids", []) or []) if tok is not None else set()
+    size = min(len(tok), n_emb) if tok is not None else n_emb
+    allowed = np.array([i for i in range(size) if i not in special], dtype=np.int64)
+    bos = getattr(tok, "bos_token_id", None) if wants_bos else None
+    bos = bos if bos is not None and bos < n_emb else None
+    return TokenLayout(n_emb, bos, allowed, max_pos or 1024)
 
 
 def default_segment(layout: TokenLayout, repeats: int, segment: int | None) -> int:
@@ -214,9 +221,14 @@ def icl_score(losses: np.ndarray, late: int, early: int) -> float:
 
 
 # ----------------------------------------------------------------------------- ablation
-def out_projections(adapter) -> list:
-    """Each block's attention output projection (its input is the heads' outputs, head-major)."""
+def head_outputs(adapter) -> list[tuple]:
+    """Where each block's per-head outputs can be read and replaced: ``(module, "merged")`` for the
+    attention output projection, whose input is the heads' outputs concatenated head-major (toy,
+    ``hf:``), or ``(module, "split")`` for TransformerLens's ``attn.hook_z`` ``[b, pos, head, d_head]``."""
     model = adapter.model
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "d_vocab") and hasattr(model, "blocks"):  # TransformerLens
+        return [(block.attn.hook_z, "split") for block in model.blocks]
     blocks = getattr(adapter, "blocks", None) or getattr(model, "blocks", None)
     if blocks is None:
         raise UsageError(f"cannot find the blocks of {adapter.spec} to ablate heads in")
@@ -227,7 +239,7 @@ def out_projections(adapter) -> list:
         if name is None:
             raise UsageError(f"cannot find the attention output projection of block {i} of {adapter.spec} "
                              f"(looked for {', '.join(OUT_PROJ_NAMES)})")
-        found.append(mods[name])
+        found.append((mods[name], "merged"))
     return found
 
 
@@ -236,26 +248,42 @@ def n_heads(adapter) -> int:
     return int(cfg.n_heads) if cfg is not None else int(adapter.n_heads)
 
 
+def _per_head(z, kind: str, H: int):
+    """``z`` as ``[..., pos, head, d_head]`` (a view: writing to it writes to ``z``)."""
+    return z if kind == "split" else z.view(*z.shape[:-1], H, z.shape[-1] // H)
+
+
+def _register(module, kind: str, fn):
+    """Hook ``fn(z) -> z or None`` on the heads' outputs of one block."""
+    if kind == "merged":
+        def pre(_mod, args):
+            z = fn(args[0])
+            return None if z is None else (z, *args[1:])
+        return module.register_forward_pre_hook(pre)
+    return module.register_forward_hook(lambda _mod, _args, out: fn(out))
+
+
 @contextlib.contextmanager
 def ablated(adapter, heads: list[tuple[int, int]], means: dict | None = None):
     """Within the block, ``heads`` output zero (or ``means[(layer, head)]``, ``[T, d_head]``)."""
-    projs, H = out_projections(adapter), n_heads(adapter)
-    handles = []
+    sites, H = head_outputs(adapter), n_heads(adapter)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
+    handles = []
     for layer, hs in by_layer.items():
-        def hook(_mod, args, hs=hs, layer=layer):
-            z = args[0].clone()
-            dh = z.shape[-1] // H
+        module, kind = sites[layer]
+
+        def replace(z, hs=hs, layer=layer, kind=kind):
+            z = z.clone()
+            view = _per_head(z, kind, H)
             for h in hs:
-                part = z[..., h * dh:(h + 1) * dh]
                 if means is None:
-                    part.zero_()
+                    view[..., h, :] = 0
                 else:
-                    part.copy_(means[(layer, h)][: z.shape[-2]].to(z.dtype).expand_as(part))
-            return (z, *args[1:])
-        handles.append(projs[layer].register_forward_pre_hook(hook))
+                    view[..., h, :] = means[(layer, h)][: view.shape[-3]].to(z.dtype)
+            return z
+        handles.append(_register(module, kind, replace))
     try:
         yield
     finally:
@@ -267,19 +295,18 @@ def head_means(adapter, data: EvalData, heads: list[tuple[int, int]], batch_size
     """Each head's output averaged over sequences at each position (padding excluded): ``[T, d_head]``."""
     import torch
 
-    projs, H = out_projections(adapter), n_heads(adapter)
+    sites, H = head_outputs(adapter), n_heads(adapter)
     sums: dict[int, torch.Tensor] = {}
     counts = torch.zeros(data.inputs.shape[1], dtype=torch.float64)
     current = {}
 
-    def make_hook(layer):
-        def hook(_mod, args):
-            z = args[0].detach().double().cpu()
-            w = current["w"][..., None]
-            sums[layer] = sums.get(layer, 0) + (z * w).sum(0)
-        return hook
+    def make_hook(layer, kind):
+        def record(z):
+            view = _per_head(z.detach(), kind, H).double().cpu()  # [b, T, H, dh]
+            sums[layer] = sums.get(layer, 0) + (view * current["w"][..., None, None]).sum(0)
+        return record
 
-    handles = [projs[l].register_forward_pre_hook(make_hook(l)) for l in sorted({l for l, _ in heads})]
+    handles = [_register(*sites[l], make_hook(l, sites[l][1])) for l in sorted({l for l, _ in heads})]
     try:
         for s0 in range(0, len(data.inputs), batch_size):
             sl = slice(s0, s0 + batch_size)
@@ -291,12 +318,7 @@ def head_means(adapter, data: EvalData, heads: list[tuple[int, int]], batch_size
     finally:
         for h in handles:
             h.remove()
-    out = {}
-    for layer, head in heads:
-        mean = sums[layer] / counts.clamp(min=1)[:, None]
-        dh = mean.shape[-1] // H
-        out[(layer, head)] = mean[:, head * dh:(head + 1) * dh].float()
-    return out
+    return {(l, h): (sums[l][:, h] / counts.clamp(min=1)[:, None]).float() for l, h in heads}
 
 
 # ----------------------------------------------------------------------------- phase change

@@ -13,6 +13,7 @@ PK=${PROBEKIT:-.venv/bin/probekit}
 PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-4000}
 TASK=(--task repeated-segments -p p_repeat=1.0 -p min_segment=8)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one torch thread per process: faster than two on a busy machine
 mkdir -p "$OUT"
 run() {  # output.json command...: run once (a rerun skips what is done), writing the JSON atomically
   local out=$OUT/$1; shift
@@ -26,15 +27,19 @@ train() {  # name layers
 train attn2 2
 train attn1 1
 for m in attn2 attn1; do
-  run "$m.dynamics.json" $PK heads --checkpoints "$OUT/$m/checkpoints" --threads 1 --json
+  run "$m.dynamics.json" $PK heads --checkpoints "$OUT/$m/checkpoints" --json
 done
-run attn2.heads.json $PK heads --model "toy:$OUT/attn2" --ablate induction --threads 1 --json
-run attn2.heads-mean.json $PK heads --model "toy:$OUT/attn2" --ablate induction --ablation mean --threads 1 \
+run attn2.heads.json $PK heads --model "toy:$OUT/attn2" --ablate induction --json
+run attn2.heads-mean.json $PK heads --model "toy:$OUT/attn2" --ablate induction --ablation mean \
   --plot "$OUT/attn2/heads-mean.png" --json
-run attn1.heads.json $PK heads --model "toy:$OUT/attn1" --threads 1 --json
+run attn1.heads.json $PK heads --model "toy:$OUT/attn1" --json
 run attn2.cache.json $PK cache --model "toy:$OUT/attn2" --out "$OUT/attn2.zarr" -n 500 --seed 7 --random-init --json
+# categorical targets: logistic probes and their control task (--no-baselines skips the shuffled-label and
+# random-init refits, five times the cost for 127 classes); the unembedding directions: ridge with baselines
 run attn2.probe.json $PK probe "$OUT/attn2.zarr" -H induction --folds 3 -t prev_token -t duplicate \
-  -t induction_next -t prev_token_unembed -t induction_next_unembed --json
+  -t induction_next --no-baselines --json
+run attn2.probe-directions.json $PK probe "$OUT/attn2.zarr" -H induction --folds 3 -t prev_token_unembed \
+  -t induction_next_unembed --json
 
 "$PY" - "$OUT" <<'EOF'
 import json, sys
@@ -45,7 +50,7 @@ load = lambda name: json.loads((out / name).read_text())  # noqa: E731
 train2, train1 = load("attn2.train.json"), load("attn1.train.json")
 dyn2, dyn1 = load("attn2.dynamics.json"), load("attn1.dynamics.json")
 heads2, heads2m, heads1 = load("attn2.heads.json"), load("attn2.heads-mean.json"), load("attn1.heads.json")
-probe = load("attn2.probe.json")
+probe = load("attn2.probe.json")["records"] + load("attn2.probe-directions.json")["records"]
 
 print(f"training: 2-layer {train2['seconds']:.0f} s (final loss {train2['final_loss']:.3f}), "
       f"1-layer {train1['seconds']:.0f} s (final loss {train1['final_loss']:.3f})")
@@ -70,7 +75,7 @@ print(f"ablating {', '.join(ab['heads'])}: zero {ab['icl_clean']:+.3f} -> {ab['i
       f"({100 * ab['removed']:.0f}% removed); mean -> {abm['icl_ablated']:+.3f} ({100 * abm['removed']:.0f}% removed)")
 print("probes (resid, layer 0 = embeddings): accuracy / control accuracy / selectivity; R² for directions")
 rows = {}
-for r in probe["records"]:
+for r in probe:
     if r["site"] == "resid":
         rows.setdefault((r["target"], r["condition"]), {})[r["layer"]] = r
 for (target, cond), by_layer in sorted(rows.items()):

@@ -341,3 +341,49 @@ def test_gpt2_weights_match_the_attention_forward(tiny_gpt2):
     big = np.linalg.eigvals(circuits.ov_full(W, 1, 2))
     big = big[np.argsort(-np.abs(big))][: len(small)]
     np.testing.assert_allclose(np.sort_complex(small), np.sort_complex(big), rtol=1e-6, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- a tiny tlens model
+@pytest.fixture(scope="module")
+def tiny_tlens(tmp_path_factory):
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from transformer_lens import HookedTransformer, HookedTransformerConfig
+        except ImportError:
+            pytest.skip("needs transformer_lens < 4 (the tlens extra)")
+        from probekit.models.tlens import save_tlens
+
+        cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_vocab=40, n_ctx=24,
+                                      attn_only=True, normalization_type="LN", device="cpu", seed=None)
+        torch.manual_seed(0)
+        model = HookedTransformer(cfg).eval()
+    with torch.no_grad():  # LayerNorm gains, biases and a mean over features for the processing to change
+        for name, p in model.named_parameters():
+            if name.endswith(".w"):
+                p.uniform_(0.5, 1.5)
+            elif name.rsplit(".", 1)[-1].startswith("b"):
+                p.normal_(0.0, 0.2)
+            elif name.endswith(("W_E", "W_pos")):
+                p.add_(0.3)
+    path = tmp_path_factory.mktemp("tlens") / "tiny"
+    save_tlens(model, path)
+    return path
+
+
+def test_heads_on_a_tlens_model_do_not_depend_on_its_weight_processing(tiny_tlens):
+    settings = dynamics.HeadsSettings(n_samples=16, icl_samples=16, ablate="1.1", ablation="mean")
+    raw = dynamics.run_heads(HOST, f"tlens:{tiny_tlens}?processing=none", settings)
+    processed = dynamics.run_heads(HOST, f"tlens:{tiny_tlens}", settings)  # fold_ln, centring: TL's defaults
+    assert raw.attrs["weights"] == "tlens" and raw.attrs["segment"] == 12 and raw.attrs["bos"] == 0  # no tokenizer: no BOS
+    for k in ("prev_token", "induction", "ov_copying"):
+        np.testing.assert_allclose(processed[k].values, raw[k].values, atol=1e-5)
+    np.testing.assert_allclose(processed.qk_prefix.values[1], raw.qk_prefix.values[1], atol=1e-5)
+    assert np.isnan(raw.qk_prefix.values[0]).all() and np.isfinite(raw.ov_copying.values).all()
+    ab_raw, ab_proc = (json.loads(d.attrs["ablation"]) for d in (raw, processed))
+    assert ab_raw["heads"] == ["1.1"] and ab_raw["icl_ablated"] == pytest.approx(ab_proc["icl_ablated"], abs=1e-4)
+    assert ab_raw["icl_ablated"] != pytest.approx(ab_raw["icl_clean"], abs=1e-6)  # the hook took effect
