@@ -352,6 +352,12 @@ def run_heads(host, model: str, settings: HeadsSettings | None = None, *,
 
 
 def heads_for_adapter(host, adapter, settings: HeadsSettings, *, on_progress=None, icl: bool = True):
+    """:func:`run_heads` on a loaded adapter; ``icl=False`` skips the ICL score and ablation.
+
+    Returns a Dataset with ``(layer, head)`` scores (:data:`~probekit.circuits.PATTERN_SCORES`,
+    :data:`~probekit.circuits.WEIGHT_SCORES`), the eigenvalues behind the weight scores
+    (``ov_eig_real/imag``, ``qk_eig_real/imag`` along ``eig``), ``loss_by_pos`` (``run``: clean,
+    ablated) and JSON attrs ``icl``, ``ablation`` and ``qk_prev_head``."""
     import xarray as xr
 
     tick = _ticker(on_progress, 3 + bool(settings.ablate))
@@ -367,10 +373,9 @@ def heads_for_adapter(host, adapter, settings: HeadsSettings, *, on_progress=Non
     prev = [None] + [int(np.argmax(scores["prev_token"][l - 1])) for l in range(1, L)]
     if weights is not None:
         ws = circuits.weight_scores(weights, prev)
-    else:
-        dh = 1
-        ws = {"ov_copying": np.full((L, H), np.nan), "qk_prefix": np.full((L, H), np.nan),
-              "ov_eigenvalues": np.full((L, H, dh), np.nan, complex), "qk_eigenvalues": np.full((L, H, dh), np.nan, complex)}
+    else:  # no matrices: NaN scores, one NaN eigenvalue per head
+        ws = {**{k: np.full((L, H), np.nan) for k in circuits.WEIGHT_SCORES},
+              **{f"{k}_eigenvalues": np.full((L, H, 1), np.nan, complex) for k in ("ov", "qk")}}
     tick("weight scores")
     dims = ("layer", "head")
     data = {k: (dims, v) for k, v in scores.items()}

@@ -22,7 +22,7 @@ def heads_table(ds, threshold: float = 0.5):
     icl = json.loads(ds.attrs.get("icl", "{}"))
     caption = [f"pattern scores on [BOS] + R={ds.attrs['segment']} random tokens × {ds.attrs['repeats']}, "
                f"{ds.attrs['n_samples']} sequences; role: score ≥ {threshold}"]
-    if ds.attrs.get("weights") in ("toy", "gpt2"):
+    if ds.attrs.get("weights") in ("toy", "gpt2", "tlens"):
         prev = json.loads(ds.attrs["qk_prev_head"])
         via = ", ".join(f"{l}.x via {l - 1}.{p}" for l, p in enumerate(prev) if p is not None)
         caption.append(f"OV/QK: Σλ/Σ|λ| (LayerNorm folded){'; QK K-composes ' + via if via else ''}")

@@ -387,3 +387,16 @@ def test_heads_on_a_tlens_model_do_not_depend_on_its_weight_processing(tiny_tlen
     ab_raw, ab_proc = (json.loads(d.attrs["ablation"]) for d in (raw, processed))
     assert ab_raw["heads"] == ["1.1"] and ab_raw["icl_ablated"] == pytest.approx(ab_proc["icl_ablated"], abs=1e-4)
     assert ab_raw["icl_ablated"] != pytest.approx(ab_raw["icl_clean"], abs=1e-6)  # the hook took effect
+
+
+def test_heads_on_a_tiny_hf_llama_give_pattern_scores_and_ablation_but_no_weight_scores(tmp_path):
+    pytest.importorskip("transformers")
+    from support import hf_models
+
+    hf_models.build("llama", tmp_path / "llama")
+    ds = dynamics.run_heads(HOST, f"hf:{tmp_path / 'llama'}",
+                            dynamics.HeadsSettings(n_samples=4, icl_samples=8, segment=10, ablate="1.0,1.1"))
+    assert np.isfinite(ds.induction.values).all() and np.isnan(ds.ov_copying.values).all()
+    assert "implemented for toy, GPT-2 and TransformerLens" in ds.attrs["weights"]
+    ab = json.loads(ds.attrs["ablation"])
+    assert ab["icl_ablated"] != pytest.approx(ab["icl_clean"], abs=1e-6)  # the o_proj hook took effect
