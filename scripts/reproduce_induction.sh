@@ -5,8 +5,8 @@
 # final model's heads (OV / QK eigen-scores, ablation of its induction heads) and per-layer probes for
 # prev_token and induction_next with control-task selectivity. Prints a summary with the acceptance
 # criteria of issue 7; everything is also in OUT/*.json and OUT/**/*.png.
-# Usage: bash scripts/reproduce_induction.sh [OUT_DIR]   (training: about 4 minutes per model on an idle
-# 2-core CPU; STEPS=... overrides the 4,000 steps)
+# Usage: bash scripts/reproduce_induction.sh [OUT_DIR]   (5-10 minutes on 2 CPU cores, 2-4 of them training the
+# 2-layer model; STEPS=... overrides the 4,000 steps; a rerun skips what is done)
 set -euo pipefail
 OUT=${1:-store/induction}
 PK=${PROBEKIT:-.venv/bin/probekit}

@@ -131,7 +131,7 @@ def test_probe_cli_on_the_induction_hypothesis(built_store, capsys):
 
 @pytest.mark.slow
 def test_reproduction_meets_the_acceptance_criteria(tmp_path):
-    """scripts/reproduce_induction.sh end to end (about 15-20 minutes on 2 idle CPU cores)."""
+    """scripts/reproduce_induction.sh end to end (5-10 minutes on 2 CPU cores); run with -m slow."""
     import json
     import os
     import subprocess
