@@ -7,7 +7,7 @@ Conditions, each probed the same way (nested, sample-grouped CV ridge):
   (position kept), ``n_perm`` permutations at once. Each is fitted and cross-validated
   like the real targets, so the reported band (quantiles over permutations) is a null
   distribution that includes the fit's own variability -- the floor any real signal
-  must clear. Permutations only swap samples with the same mask, so all of them share
+  must clear. Permutations keep every probed row defined (see ``permuted_targets``), so all of them share
   the real targets' rows and Gram matrix and cost only extra target columns;
 * ``random_init``: a random-initialised model of the same architecture, when the
   store holds one (``probekit cache --random-init``).
@@ -309,6 +309,31 @@ def stratified_permutations(mask: np.ndarray, n_perm: int, seed) -> list[np.ndar
     return perms
 
 
+def permuted_targets(values: np.ndarray, mask: np.ndarray, n_perm: int, seed) -> list[np.ndarray]:
+    """``n_perm`` copies of ``values[sample, pos, ...]`` permuted across samples, position kept and
+    the rows probed unchanged (defined rows receive defined values).
+
+    Usually whole samples are swapped among those with identical masks
+    (:func:`stratified_permutations`), which keeps each target's trajectory intact. When masks
+    are mostly unique (e.g. a target defined only where a token repeats), that would leave most
+    samples in place and the "baseline" would equal the model; then values are permuted
+    separately at each position among the samples defined there.
+    """
+    n = len(mask)
+    _, stratum, counts = np.unique(mask.reshape(n, -1), axis=0, return_inverse=True, return_counts=True)
+    if (counts[np.ravel(stratum)] == 1).mean() <= 0.1:
+        return [values[p] for p in stratified_permutations(mask, n_perm, seed)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_perm):
+        v = values.copy()
+        for t in range(mask.shape[1]):
+            idx = np.flatnonzero(mask[:, t])
+            v[idx, t] = values[rng.permutation(idx), t]
+        out.append(v)
+    return out
+
+
 def _categorical_layer(out, idx, cond, arr, layer, tds, name, folds, settings, seed):
     """Logistic probes for one categorical target: held-out accuracy (a band over permutations
     for the shuffled condition) and, where types are given, control accuracy and selectivity."""
@@ -322,7 +347,7 @@ def _categorical_layer(out, idx, cond, arr, layer, tds, name, folds, settings, s
                                             device=settings.device)
     out["n_rows"][idx] = len(X)
     if cond == "shuffled":
-        draws = [acc(labels[p][mask]) for p in stratified_permutations(mask, settings.n_perm_categorical, seed)]
+        draws = [acc(v[mask]) for v in permuted_targets(labels, mask, settings.n_perm_categorical, seed)]
         out["accuracy"][idx] = np.mean(draws)
         out["acc_lo"][idx], out["acc_hi"][idx] = min(draws), max(draws)
         return
@@ -336,9 +361,10 @@ def _categorical_layer(out, idx, cond, arr, layer, tds, name, folds, settings, s
 def _shuffled_layer(out, at, executor, src, layer, blocks, mask, members, values, names, folds, settings, seed):
     """The permutation baseline for one mask group: every permutation's targets are extra
     columns of one accumulation; R² is reported as the mean and quantile band over permutations."""
-    perms = stratified_permutations(mask, settings.n_perm, seed)
+    shuffled = {name: permuted_targets(values[name], mask, settings.n_perm, seed) for name in members}
+    perms = range(settings.n_perm)
     ks = [values[name].shape[-1] for name in members]
-    y = np.concatenate([values[name][p] for p in perms for name in members], axis=-1)
+    y = np.concatenate([shuffled[name][p] for p in perms for name in members], axis=-1)
     res = _probe_layer(executor, src, layer, blocks, mask, y, folds, ks * len(perms), _slices(ks * len(perms)),
                        replace(settings, per_pos=False), score=False)[0]
     cols = _slices(ks * len(perms))

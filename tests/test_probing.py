@@ -64,6 +64,28 @@ def test_stratified_permutations_keep_masks():
     assert not np.array_equal(perms[0], perms[1])
 
 
+def test_permuted_targets_shuffle_even_when_every_mask_is_unique():
+    """A target defined at sample-specific positions (e.g. only where a token repeats): swapping
+    whole samples with identical masks would leave every sample in place, so the baseline would
+    equal the model. Values are then permuted per position among the samples defined there."""
+    from probekit.probing import permuted_targets
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((200, 12)) < 0.5  # every row its own pattern
+    values = rng.standard_normal((200, 12, 2))
+    draws = permuted_targets(values, mask, 4, seed=1)
+    for v in draws:
+        for t in range(12):  # each position's defined values are a permutation of the originals
+            idx = np.flatnonzero(mask[:, t])
+            np.testing.assert_array_equal(np.sort(v[idx, t], 0), np.sort(values[idx, t], 0))
+        moved = (v[mask] != values[mask]).any(-1).mean()
+        assert moved > 0.8, moved
+    shared = np.ones((60, 5), bool)  # masks shared by all: whole samples are swapped, trajectories kept
+    v = permuted_targets(values[:60, :5], shared, 1, seed=2)[0]
+    rows = {tuple(np.round(r.ravel(), 12)) for r in values[:60, :5]}
+    assert all(tuple(np.round(r.ravel(), 12)) in rows for r in v)
+
+
 def test_signal_has_a_tight_ci_and_per_position_scores(tiny_store, host):
     res, _ = run_probe(host, tiny_store, "rls", ProbeSettings(n_folds=3, n_boot=300, per_pos=True,
                                                               targets=("current_state", "rls_pred")))
