@@ -31,7 +31,7 @@ def progress(path) -> int:
         return 0
 
 
-def wait_for_blocks(path, at_least, proc, timeout=60.0):
+def wait_for_blocks(path, at_least, proc, timeout=180.0):  # generous: a loaded machine is slow
     start = time.time()
     while time.time() - start < timeout and proc.poll() is None:
         if progress(path) >= at_least:
