@@ -185,6 +185,22 @@ def adapter_site_layout(adapter, site: str, seq_len: int):
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+#: dtypes an adapter can compute in (``torch_dtype`` accepts these names or a torch.dtype)
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def torch_dtype(dtype):
+    """``None`` (float32), a torch.dtype, or one of :data:`COMPUTE_DTYPES` (``"torch."`` prefix allowed)."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in COMPUTE_DTYPES:
+        raise UsageError(f"dtype {dtype!r} is not supported; choose from: {', '.join(COMPUTE_DTYPES)}")
+    return getattr(torch, name)
 
 
 def load_adapter(host, spec: str, *, random_init: bool = False, device: str = "cpu", dtype: str | None = None):

@@ -40,23 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from probekit.errors import CheckpointError, DataError, UnknownNameError, UsageError
-from probekit.models.adapters import resolve_device
+from probekit.models.adapters import resolve_device, torch_dtype
 
 SITES = ("resid", "attn_pattern")
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def _torch_dtype(dtype):
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise UsageError(f"dtype {dtype!r} is not supported; choose from: {', '.join(DTYPES)}")
-    return getattr(torch, name)
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -150,7 +136,7 @@ class HFAdapter:
             raise UsageError("hf: models need transformers: pip install 'probekit-lab[hf]'") from exc
 
         device = resolve_device(device)
-        torch_dtype = _torch_dtype(dtype)
+        compute_dtype = torch_dtype(dtype)
         local = Path(rest).expanduser()
         is_local = local.is_dir()
         source = str(local) if is_local else rest
@@ -169,7 +155,7 @@ class HFAdapter:
 
         is_causal_lm = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
         auto = AutoModelForCausalLM if is_causal_lm else AutoModel
-        kwargs = {**_dtype_kwarg(torch_dtype), "attn_implementation": attn_implementation}
+        kwargs = {**_dtype_kwarg(compute_dtype), "attn_implementation": attn_implementation}
         try:
             if random_init:
                 torch.manual_seed(init_seed)

@@ -99,7 +99,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from probekit.errors import CheckpointError, DataError, UnknownNameError, UsageError
-from probekit.models.adapters import resolve_device, site_layout
+from probekit.models.adapters import resolve_device, site_layout, torch_dtype
 from probekit.models.hf import _jsonable, _tokenizer_hash as _hf_tokenizer_hash
 
 EXTRA_HINT = "pip install 'probekit-lab[tlens]'"
@@ -115,7 +115,6 @@ PROCESSING_DEFAULTS = {
     "fold_value_biases": True,
     "refactor_factored_attn_matrices": False,
 }
-DTYPES = ("float32", "bfloat16", "float16", "float64")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -141,19 +140,6 @@ def _quiet(stdout: bool = True):
 def _one_line(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     return (text.splitlines()[0].strip() if text else type(exc).__name__)[:300]
-
-
-def _torch_dtype(dtype):
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise UsageError(f"dtype {dtype!r} is not supported; choose from: {', '.join(DTYPES)}")
-    return getattr(torch, name)
 
 
 def _flag(key: str, value) -> bool:
@@ -269,7 +255,7 @@ def _read_config(path: Path, HookedTransformerConfig, *, dtype, device: str):
     raw.pop("n_params", None)  # derived in __post_init__
     raw["seed"] = None  # a config seed would reseed every global RNG on construction
     raw["device"] = device
-    raw["dtype"] = _torch_dtype(dtype)
+    raw["dtype"] = torch_dtype(dtype)
     try:
         cfg = HookedTransformerConfig(**raw)
     except (TypeError, ValueError, AssertionError, KeyError) as exc:
@@ -390,15 +376,15 @@ class TLensAdapter:
                                     refactor_factored_attn_matrices=refactor_factored_attn_matrices)
         HookedTransformer, HookedTransformerConfig = _import_tlens()
         device = resolve_device(device)
-        torch_dtype = _torch_dtype(dtype)
+        compute_dtype = torch_dtype(dtype)
         local = Path(name).expanduser()
         if local.is_dir():
             return cls._load_dir(local, rest, flags, HookedTransformer, HookedTransformerConfig,
-                                 random_init=random_init, init_seed=init_seed, device=device, dtype=torch_dtype)
+                                 random_init=random_init, init_seed=init_seed, device=device, dtype=compute_dtype)
         if name.startswith(("/", ".", "~")) or local.exists() or not _is_official(name):
             raise CheckpointError(f"{name} is neither a model directory nor a TransformerLens model name")
         return cls._load_pretrained(name, rest, flags, HookedTransformer, random_init=random_init, init_seed=init_seed,
-                                    device=device, dtype=torch_dtype)
+                                    device=device, dtype=compute_dtype)
 
     @classmethod
     def _load_dir(cls, path: Path, rest: str, flags: dict, HookedTransformer, HookedTransformerConfig, *,
