@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,54 +23,19 @@ from probekit.errors import CheckpointError, UnknownNameError  # noqa: E402
 from probekit.models.checkpoint import weights_hash  # noqa: E402
 from probekit.plugins import PluginHost  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
+from support.hf_models import build, tokenizer  # noqa: E402  (the tiny GPT-2 / Llama recipe, shared)
+
 TEXTS = ["the cat sat on the mat", "a dog ran", "the quick brown fox jumps over the lazy dog", "hello"]
 CORPUS = TEXTS + ["the dog sat on the cat", "a quick fox ran over the mat", "hello world, hello cat"]
 ATOL = 1e-5
-
-
-def _tokenizer(bos: bool):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    if bos:  # Llama-style: every sequence starts with <s>; a real pad token
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                       pad_token="<pad>")
-    # GPT-2-style: no BOS added and no pad token (the adapter pads with eos)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def _build(kind: str, out):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    tok = _tokenizer(bos=kind == "llama")
-    special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_positions=64, **special)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=64,
-                          pad_token_id=tok.pad_token_id, **special)
-        model = LlamaForCausalLM(cfg)
-    model.eval()
-    model.save_pretrained(out)  # model.safetensors + config.json
-    tok.save_pretrained(out)
-    return model
 
 
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory):
     """kind -> (saved directory, the model object that was saved)."""
     root = tmp_path_factory.mktemp("hf")
-    return {kind: (root / kind, _build(kind, root / kind)) for kind in ("gpt2", "llama")}
+    return {kind: (root / kind, build(kind, root / kind)) for kind in ("gpt2", "llama")}
 
 
 @pytest.fixture(scope="session")
@@ -244,7 +210,7 @@ def test_a_model_without_a_causal_lm_head_loads_with_automodel(tmp_path, hf_host
     mask really is the attention mask (padding would otherwise leak into every position)."""
     from transformers import DistilBertConfig, DistilBertModel
 
-    tok = _tokenizer(bos=True)
+    tok = tokenizer(bos=True, corpus=CORPUS)
     cfg = DistilBertConfig(n_layers=2, dim=32, n_heads=4, hidden_dim=64, vocab_size=len(tok),
                            max_position_embeddings=64, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
