@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from probekit.errors import DataError, UsageError
+from probekit.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -35,40 +35,16 @@ class ICLSettings:
 
 
 def answer_log_probs(adapter, texts: list[str], answers: list[str], batch_size: int = 16) -> np.ndarray:
-    """log P(answer tokens | prompt) for each pair, by teacher forcing.
+    """log P(answer tokens | prompt) for each pair, by teacher forcing: the answer's tokens are
+    found by :func:`probekit.prompt_pairs.encode_prompt` and scored by
+    :func:`probekit.interventions.answer_logprobs` (the same path ``probekit patch`` uses)."""
+    from probekit.interventions import answer_logprobs
+    from probekit.prompt_pairs import encode_prompt
 
-    The answer's tokens are those of ``prompt + answer`` after the prompt's own tokens when the
-    prompt's tokenisation is a prefix of the joint one; otherwise (a token merging across the
-    boundary) the answer is tokenised on its own and appended to the prompt's tokens.
-    """
-    if not hasattr(adapter, "tokenize"):
+    if not hasattr(adapter, "tokenizer"):
         raise UsageError(f"in-context curves need a model with a tokenizer (hf:); {adapter.spec} has none")
-    out = np.empty(len(texts))
-    for start in range(0, len(texts), batch_size):
-        prompts, answers_b = texts[start:start + batch_size], answers[start:start + batch_size]
-        p_ids, p_valid = adapter.tokenize(prompts)
-        j_ids, j_valid = adapter.tokenize([p + a for p, a in zip(prompts, answers_b)])
-        seqs, spans = [], []
-        for i in range(len(prompts)):
-            p = p_ids[i, p_valid[i]].tolist()
-            full = j_ids[i, j_valid[i]].tolist()
-            if full[:len(p)] != p:
-                alone = adapter.tokenizer(answers_b[i], add_special_tokens=False)["input_ids"]
-                full = p + list(alone)
-            if len(full) <= len(p):
-                raise DataError(f"answer {answers_b[i]!r} tokenises to nothing after its prompt")
-            seqs.append(full)
-            spans.append((len(p), len(full)))
-        T = max(len(s) for s in seqs)
-        ids, valid = np.zeros((len(seqs), T), np.int64), np.zeros((len(seqs), T), bool)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)], valid[i, :len(s)] = s, True
-        _, logits = adapter.run(ids, [], valid=valid)
-        logits = logits.astype(np.float64)
-        logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-        for i, (a, b) in enumerate(spans):
-            out[start + i] = sum(logp[i, j - 1, ids[i, j]] for j in range(a, b))
-    return out
+    encoded = [encode_prompt(adapter.tokenizer, t, a) for t, a in zip(texts, answers)]
+    return answer_logprobs(adapter, [p for p, _ in encoded], [a for _, a in encoded], batch_size=batch_size)
 
 
 def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

@@ -118,6 +118,13 @@ def encode_text(tokenizer, a: str, b: str, answer: str) -> TokenPair:
     return TokenPair(ids_a, ids_b, _ids(tokenizer, answer, special=False), {"answer_tokenization": "separate"}, prefix)
 
 
+def encode_prompt(tokenizer, prompt: str, answer: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One prompt's token ids and its answer's: the tokens of ``prompt + answer`` after the prompt's
+    own when those are a prefix, else the answer tokenised alone (a token merged across the boundary)."""
+    ids = _ids(tokenizer, prompt)
+    return ids, _answer_in_context(tokenizer, prompt, ids, answer) or _ids(tokenizer, answer, special=False)
+
+
 def _ids(tokenizer, text: str, special: bool = True) -> tuple[int, ...]:
     return tuple(int(t) for t in tokenizer(text, add_special_tokens=special)["input_ids"])
 
