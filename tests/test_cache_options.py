@@ -23,7 +23,7 @@ def _req(ckpt, out, **kw):
 def gpt2(tmp_path_factory):
     """A tiny GPT-2 (vocabulary 300) and a prompt file whose prompts pad to different lengths."""
     pytest.importorskip("transformers")
-    from test_hf import _build
+    from support.hf_models import build as _build
 
     root = tmp_path_factory.mktemp("gpt2")
     _build("gpt2", root / "model")

@@ -91,9 +91,7 @@ def test_torch_adapter_conforms():
 
 def test_hf_adapter_conforms(tmp_path):
     pytest.importorskip("transformers")
-    from test_hf import (
-        _build,  # the tiny GPT-2 (and its tokenizer) test_hf builds, saved here
-    )
+    from support.hf_models import build as _build  # the tiny GPT-2 (and its tokenizer), saved here
 
     _build("gpt2", tmp_path / "gpt2")
     adapter = HOST.models.get("hf").load(str(tmp_path / "gpt2"))

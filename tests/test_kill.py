@@ -54,8 +54,10 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
             break
         proc = subprocess.Popen(cache_cmd(tiny_checkpoint, path), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
-        if wait_for_blocks(path, progress(path) + 1, proc):
-            time.sleep(rng.uniform(0.0, 0.15))
+        # kill a random number of blocks in (plus a few ms, to land mid-write too): choosing the point
+        # by blocks rather than by time keeps it inside the run however fast the machine caches
+        if wait_for_blocks(path, progress(path) + rng.randint(1, 12), proc):
+            time.sleep(rng.uniform(0.0, 0.02))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
