@@ -9,6 +9,13 @@ follow from the test fold's statistics without touching the data again.
 
 Folds are groups of whole samples: positions of one sequence never straddle train
 and test. Alpha is chosen *inside* the training folds (nested CV), per target.
+
+R² is out-of-sample: ``1 - SSE / SSE_0`` where ``SSE_0`` is the held-out error of the
+training folds' mean (the intercept-only model), so R² > 0 means the probe beats the best
+prediction that ignores the activations. With ``null_model=True`` that intercept-only
+model (alpha = inf) is also a candidate of the alpha search: on data with no linear signal
+the nested CV can pick it, and its R² is then exactly 0 rather than the small negative
+number any fitted probe scores on noise.
 """
 
 from __future__ import annotations
@@ -249,7 +256,7 @@ class CVResult:
     """Nested cross-validation of one set of target columns."""
 
     sse: np.ndarray  # held-out SSE per column (alpha chosen inside each outer training set)
-    sst: np.ndarray  # total sum of squares per column (about the pooled mean)
+    sst: np.ndarray  # held-out SSE per column of the training folds' mean (R²'s reference)
     n: int  # rows
     alpha: np.ndarray  # per column: alpha chosen by CV over all folds (for the final refit)
     alphas: np.ndarray  # the grid searched
@@ -258,9 +265,11 @@ class CVResult:
     fold_coef: np.ndarray | None = None  # [K, F, k]
     fold_intercept: np.ndarray | None = None  # [K, k]
     x_shift: np.ndarray | None = None  # [F]
+    fold_mean: np.ndarray | None = None  # [K, k] training folds' mean of y: the intercept-only prediction
 
     def r2(self, cols=None) -> float:
-        """Pooled out-of-fold R² over ``cols`` (variance-weighted across columns)."""
+        """Pooled out-of-sample R² over ``cols``: ``1 - SSE / SSE_0`` summed over the columns,
+        ``SSE_0`` the held-out error of each outer fold's training mean."""
         cols = slice(None) if cols is None else cols
         sst = self.sst[cols].sum()
         return float(1.0 - self.sse[cols].sum() / sst) if sst > 0 else float("nan")
@@ -270,27 +279,32 @@ class CVResult:
         return float(self.sse[cols].sum() / (self.n * np.size(self.sse[cols])))
 
 
-def alpha_grid(stats: FoldStats, rel_alphas=DEFAULT_REL_ALPHAS):
-    """Scale-aware alphas: ``rel_alphas`` times the mean eigenvalue of the centred Gram."""
+def alpha_grid(stats: FoldStats, rel_alphas=DEFAULT_REL_ALPHAS, null_model: bool = False):
+    """Scale-aware alphas: ``rel_alphas`` times the mean eigenvalue of the centred Gram,
+    then ``inf`` (the intercept-only model) when ``null_model``."""
     torch = _torch()
     xtx, _, sx, _, _, n = stats.subset(range(stats.n_folds))
     scale = float(torch.trace(xtx - torch.outer(sx, sx) / n) / stats.n_features)
     scale = scale if scale > 0 else 1.0
-    return torch.tensor([scale * a for a in rel_alphas], dtype=torch.float64, device=stats.device)
+    grid = [scale * a for a in rel_alphas] + ([float("inf")] if null_model else [])
+    return torch.tensor(grid, dtype=torch.float64, device=stats.device)
 
 
-def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS) -> CVResult:
+def cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS,
+                   null_model: bool = False) -> CVResult:
     """Nested, sample-grouped CV of ridge for every column of Y at once (see :func:`_cross_validate`)."""
     with _solver_threads(stats.n_features, stats.device):
-        return _cross_validate(stats, col_groups=col_groups, rel_alphas=rel_alphas)
+        return _cross_validate(stats, col_groups=col_groups, rel_alphas=rel_alphas, null_model=null_model)
 
 
-def _cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS) -> CVResult:
+def _cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL_ALPHAS,
+                    null_model: bool = False) -> CVResult:
     """Nested, sample-grouped CV of ridge for every column of Y at once.
 
     For each outer fold j, alpha is chosen by an inner CV over the other folds
     (minimum summed SSE within each column group, i.e. per target), then scored
     on fold j. ``col_groups[c]`` names the target of column c (default: one group).
+    ``null_model`` adds alpha = inf (predict the training mean) to the candidates.
     """
     torch = _torch()
     K = stats.n_folds
@@ -301,7 +315,7 @@ def _cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL
     groups = np.zeros(k_cols, dtype=np.int64) if col_groups is None else np.asarray(col_groups)
     ids = np.unique(groups)
     onehot = torch.tensor(groups[None, :] == ids[:, None], dtype=torch.float64, device=stats.device)  # [G, k]
-    alphas = alpha_grid(stats, rel_alphas)
+    alphas = alpha_grid(stats, rel_alphas, null_model)
     everything = stats.subset(range(K))
 
     def fold_stats(j):
@@ -322,7 +336,8 @@ def _cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL
     held_out = torch.zeros(k_cols, dtype=torch.float64, device=stats.device)
     all_folds_sse = torch.zeros(len(alphas), len(ids), dtype=torch.float64, device=stats.device)
     cols = torch.arange(k_cols, device=stats.device)
-    fold_coef, fold_intercept = [], []
+    fold_coef, fold_intercept, fold_mean = [], [], []
+    sst = torch.zeros(k_cols, dtype=torch.float64, device=stats.device)
     for j in range(K):
         sol = RidgeSolution.fit(_minus(everything, fold_stats(j)))
         all_folds_sse += sol.sse_grouped(alphas, fold_stats(j), onehot)
@@ -334,18 +349,21 @@ def _cross_validate(stats: FoldStats, *, col_groups=None, rel_alphas=DEFAULT_REL
         at = torch.searchsorted(used, pick)
         fold_coef.append(W[at, :, cols].T)  # column c from its chosen alpha -> [F, k]
         fold_intercept.append(b[at, cols] + stats.y_shift)
-    _, _, sx, sy, yy, n = everything
-    sst = yy - sy * sy / n
+        _, _, _, sy_j, yy_j, n_j = fold_stats(j)  # the training mean's held-out error, as sse() computes it
+        sst += yy_j - 2 * sol.my * sy_j + n_j * sol.my * sol.my
+        fold_mean.append(sol.my + stats.y_shift)
+    n = everything[-1]
     final_alpha = alphas[choose(all_folds_sse)]
     return CVResult(
         sse=held_out.clamp_min(0).cpu().numpy(),
-        sst=sst.cpu().numpy(),
+        sst=sst.clamp_min(0).cpu().numpy(),
         n=int(n),
         alpha=final_alpha.cpu().numpy(),
         alphas=alphas.cpu().numpy(),
         fold_coef=torch.stack(fold_coef).cpu().numpy(),
         fold_intercept=torch.stack(fold_intercept).cpu().numpy(),
         x_shift=stats.x_shift.cpu().numpy(),
+        fold_mean=torch.stack(fold_mean).cpu().numpy(),
     )
 
 

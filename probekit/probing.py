@@ -50,6 +50,7 @@ class ProbeSettings:
     n_folds: int = 5
     seed: int = 0
     rel_alphas: tuple[float, ...] = tuple(float(a) for a in DEFAULT_REL_ALPHAS)
+    null_model: bool = True  # alpha = inf (predict the training mean) is a candidate too: noise scores R² = 0
     sites: tuple[str, ...] | None = None  # default: every cached site
     targets: tuple[str, ...] | None = None  # default: every target of the hypothesis
     baselines: bool = True
@@ -163,9 +164,10 @@ def accumulate_block(src, layer, s0, s1, mask, y, fold, n_folds, shift, per_pos,
     return out
 
 
-def score_block(src, layer, s0, s1, mask, y, fold, coef, intercept, x_shift, cols) -> list:
+def score_block(src, layer, s0, s1, mask, y, fold, coef, intercept, x_shift, cols, fold_mean) -> list:
     """Pass 2 on one block: held-out sums per target (``probekit.scoring.HeldOut``)."""
-    return scoring.block_held_out(_read(src, layer, s0, s1), mask, y, fold, coef, intercept, x_shift, cols)
+    return scoring.block_held_out(_read(src, layer, s0, s1), mask, y, fold, coef, intercept, x_shift, cols,
+                                  fold_mean)
 
 
 def _mask_groups(tds, names):
@@ -393,19 +395,21 @@ def _probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, setting
         for a, b in blocks], _add_block_stats)
     col_groups = np.repeat(np.arange(len(ks)), ks)
     stats = FoldStats.from_numpy(total["pooled"], settings.device)
-    res = cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas)
+    res = cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas,
+                         null_model=settings.null_model)
     per_pos = None
     if settings.per_pos:
         per_pos = []
         for t in range(mask.shape[1]):
             st = FoldStats.from_numpy(total["per_pos"][t], settings.device)
             ok = float(st.n.min()) > 0 and int(st.n.sum()) > settings.n_folds
-            per_pos.append(cross_validate(st, col_groups=col_groups, rel_alphas=settings.rel_alphas) if ok else None)
+            per_pos.append(cross_validate(st, col_groups=col_groups, rel_alphas=settings.rel_alphas,
+                                          null_model=settings.null_model) if ok else None)
     if not score:
         return res, None, per_pos
     held = executor.map(score_block, [
-        (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols)
-        for a, b in blocks])
+        (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols,
+         res.fold_mean) for a, b in blocks])
     return res, [scoring.concat([h[i] for h in held]) for i in range(len(cols))], per_pos
 
 
@@ -451,8 +455,8 @@ def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names
             "hypothesis": hypothesis,
             "hypothesis_options": json.dumps(hyp.options),
             "store": str(store.path),
-            "probe": "ridge, nested sample-grouped CV (alpha chosen inside each training set); R² pooled over "
-                     "held-out folds, variance-weighted over target dims; model CI: percentile bootstrap over "
+            "probe": "ridge, nested sample-grouped CV (alpha chosen inside each training set, inf = intercept "
+                     "only); out-of-sample R² (reference: each outer fold's training mean) pooled over held-out folds, variance-weighted over target dims; model CI: percentile bootstrap over "
                      "samples (fits held fixed); shuffled: mean and quantile band over n_perm refitted permutations",
             "settings": json.dumps({k: v for k, v in asdict(settings).items() if k != "options"}),
             "probekit_version": probekit.__version__,

@@ -112,7 +112,9 @@ def results_records(results) -> list[dict]:
     recs = df.to_dict(orient="records")
     for r in recs:
         for k, v in list(r.items()):
-            if isinstance(v, (np.floating, float)):
+            if k == "alpha" and isinstance(v, (np.floating, float)) and np.isposinf(v):
+                r[k] = "inf"  # the intercept-only model won the nested CV (JSON has no infinity)
+            elif isinstance(v, (np.floating, float)):
                 r[k] = None if not np.isfinite(v) else float(v)
             elif isinstance(v, np.integer):
                 r[k] = int(v)

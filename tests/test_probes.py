@@ -24,6 +24,13 @@ def accumulate(X, Y, row_fold, K, batch=50):
     return stats
 
 
+def fit(alpha, X, Y):
+    """scikit-learn's Ridge; alpha = inf is the intercept-only model (DummyRegressor: the mean)."""
+    from sklearn.dummy import DummyRegressor
+
+    return DummyRegressor().fit(X, Y) if np.isinf(alpha) else Ridge(alpha=alpha).fit(X, Y)
+
+
 def sklearn_nested(X, Y, row_fold, K, alphas, groups):
     """Brute force: for each outer fold, choose alpha per target group by inner CV, then score."""
     sse = np.zeros(Y.shape[1])
@@ -34,28 +41,32 @@ def sklearn_nested(X, Y, row_fold, K, alphas, groups):
                 continue
             tr, te = (row_fold != i) & (row_fold != j), row_fold == i
             for a, alpha in enumerate(alphas):
-                m = Ridge(alpha=alpha).fit(X[tr], Y[tr])
-                inner[a] += ((m.predict(X[te]) - Y[te]) ** 2).sum(0)
+                inner[a] += ((fit(alpha, X[tr], Y[tr]).predict(X[te]) - Y[te]) ** 2).sum(0)
         tr, te = row_fold != j, row_fold == j
         for g in np.unique(groups):
             cols = groups == g
             best = alphas[inner[:, cols].sum(1).argmin()]
-            m = Ridge(alpha=best).fit(X[tr], Y[tr][:, cols])
+            m = fit(best, X[tr], Y[tr][:, cols])
             pred = m.predict(X[te]).reshape(-1, cols.sum())
             sse[cols] += ((pred - Y[te][:, cols]) ** 2).sum(0)
     return sse
 
 
-def test_nested_cv_matches_sklearn_brute_force():
+@pytest.mark.parametrize("null_model", [False, True])
+def test_nested_cv_matches_sklearn_brute_force(null_model):
     X, Y, sample = make_rows()
     K = 4
     row_fold = grouped_folds(sample.max() + 1, K, seed=3)[sample]
     groups = np.array([0, 1, 1])
+    if null_model:  # a target with no linear signal, so the intercept-only model is in play
+        Y[:, 0] = 3.0 + np.random.default_rng(7).standard_normal(len(Y))
     stats = accumulate(X, Y, row_fold, K)
-    res = cross_validate(stats, col_groups=groups)
+    res = cross_validate(stats, col_groups=groups, null_model=null_model)
+    assert np.isinf(res.alphas[-1]) == null_model
     expected = sklearn_nested(X, Y, row_fold, K, res.alphas, groups)
     np.testing.assert_allclose(res.sse, expected, rtol=1e-8)
-    sst = ((Y - Y.mean(0)) ** 2).sum(0)
+    # R²'s reference: each outer fold's rows predicted by the mean of the other folds
+    sst = sum(((Y[row_fold == j] - Y[row_fold != j].mean(0)) ** 2).sum(0) for j in range(K))
     np.testing.assert_allclose(res.sst, sst, rtol=1e-9)
     r2 = 1 - expected[1:].sum() / sst[1:].sum()
     assert res.r2(groups == 1) == pytest.approx(r2, rel=1e-8)
@@ -73,6 +84,32 @@ def test_alpha_choice_tracks_noise():
     res = cross_validate(accumulate(X, noise, fold, 5))
     assert res.r2() < 0.01
     assert res.alpha[0] == res.alphas.max()
+
+
+def test_null_model_scores_noise_exactly_zero():
+    """With alpha = inf among the candidates, pure-noise targets whose outer folds all chose it
+    score R² = 0 exactly, in the CV statistics and in pass 2's per-sample sums (bootstrap CI [0, 0])."""
+    from probekit import scoring
+
+    X, _, sample = make_rows(n_samples=80, T=6, F=6)
+    rng = np.random.default_rng(3)
+    Y = 5.0 + rng.standard_normal((len(X), 8))  # eight noise targets, each its own alpha
+    K = 4
+    folds = grouped_folds(80, K, seed=2)
+    res = cross_validate(accumulate(X, Y, folds[sample], K), col_groups=np.arange(8), null_model=True)
+    null_cols = np.flatnonzero((res.fold_coef == 0).all(axis=(0, 1)))
+    chose_null = (res.fold_coef == 0).all(axis=1)  # [fold, column]
+    assert chose_null.mean() > 0.5 and len(null_cols) >= 1, chose_null  # the null model wins most folds on noise
+    assert all(res.r2([c]) == 0.0 for c in null_cols)
+    assert abs(res.r2()) < 0.02
+    held = scoring.block_held_out(X.reshape(80, 6, -1), np.ones((80, 6), bool), Y.reshape(80, 6, -1), folds,
+                                  res.fold_coef, res.fold_intercept, res.x_shift,
+                                  [slice(c, c + 1) for c in range(8)], res.fold_mean)
+    weights = scoring.bootstrap_weights(80, 200, seed=0)
+    for c in range(8):
+        assert scoring.pooled_r2(held[c]) == pytest.approx(res.r2([c]), rel=1e-9, abs=1e-12)
+        if c in null_cols:
+            assert scoring.bootstrap_r2_ci(held[c], weights) == (0.0, 0.0)
 
 
 def test_alpha_grid_is_scale_aware():
@@ -123,7 +160,7 @@ def test_outer_fold_models_reproduce_the_cv_error():
     mask = np.ones((40, 6), bool)
     mask[:, 0] = False  # a mask the rows of the CV did not have: score only rows it had
     held = scoring.block_held_out(acts, np.ones((40, 6), bool), y, folds, res.fold_coef, res.fold_intercept,
-                                  res.x_shift, [slice(0, 1), slice(1, 3)])
+                                  res.x_shift, [slice(0, 1), slice(1, 3)], res.fold_mean)
     np.testing.assert_allclose(held[0].sse.sum(), res.sse[0], rtol=1e-9)
     np.testing.assert_allclose(held[1].sse.sum(), res.sse[1:].sum(), rtol=1e-9)
     assert scoring.pooled_r2(held[1]) == pytest.approx(res.r2(slice(1, 3)), rel=1e-9)
