@@ -183,9 +183,12 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         fold, K = self._folds(X, y, groups)
 
         stats = FoldStats(K, F, k, device=self.device)
+        # Stream the rows fold by fold, so each chunk arrives sorted and is copied only once.
+        order = np.argsort(fold, kind="stable")
+        in_order = bool(np.all(order == np.arange(n)))
         for i in range(0, n, _BATCH_ROWS):
-            sl = slice(i, i + _BATCH_ROWS)
-            stats.add(_writable(X[sl]), _writable(y2[sl], np.float64), torch.from_numpy(_writable(fold[sl])))
+            rows = slice(i, i + _BATCH_ROWS) if in_order else order[i : i + _BATCH_ROWS]
+            stats.add(X[rows], y2[rows], fold[rows])
 
         if self.alpha_scale == "trace":
             alphas = alpha_grid(stats, tuple(rel))

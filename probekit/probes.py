@@ -126,31 +126,51 @@ class FoldStats:
         return stats
 
     def add(self, x, y, fold) -> None:
-        """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``."""
+        """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``.
+
+        Inputs are read, never modified. Rows are copied once, in float64 on ``device``,
+        into one buffer ``[x | y]`` (gathered by fold on the way unless ``fold`` is already
+        sorted), shifted in place, and each fold's ``x^T [x | y]`` is one matrix product.
+        """
         torch = _torch()
-        x, y = (self._fresh64(a) for a in (x, y))  # our own float64 copies: shifted in place below
-        fold = torch.as_tensor(fold, device=self.device).long()
+        x, y = self._tensor(x), self._tensor(y)
+        fold = np.asarray(fold.cpu() if isinstance(fold, torch.Tensor) else fold).astype(np.int64, copy=False)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise DataError(f"probe inputs must be [rows, {self.n_features}], got {tuple(x.shape)}")
         if y.ndim != 2 or y.shape != (x.shape[0], self.n_targets):
             raise DataError(f"probe targets must be [{x.shape[0]}, {self.n_targets}], got {tuple(y.shape)}")
-        if x.shape[0] == 0:
+        if fold.shape != (x.shape[0],):
+            raise DataError(f"need one fold index per row ({x.shape[0]}), got shape {fold.shape}")
+        n, F = x.shape[0], self.n_features
+        if n == 0:
             return
+        if fold.min() < 0 or fold.max() >= self.n_folds:
+            raise DataError(f"fold indices must lie in [0, {self.n_folds}), got {fold.min()}..{fold.max()}")
+        if n > 1 and np.any(fold[1:] < fold[:-1]):  # rows of one fold contiguous: slices below, not copies
+            order = np.argsort(fold, kind="stable")
+            fold = fold[order]
+            idx = torch.from_numpy(order)
+            x, y = (a[idx.to(a.device)] for a in (x, y))  # gathered in their own dtype: fewer bytes
+        buf = torch.empty(n, F + self.n_targets, dtype=torch.float64, device=self.device)
+        buf[:, :F].copy_(x)
+        buf[:, F:].copy_(y)
         if self.x_shift is None:  # a reference point keeps the float64 sums well conditioned
-            self.x_shift, self.y_shift = x.mean(0), y.mean(0)
-        x, y = x.sub_(self.x_shift), y.sub_(self.y_shift)  # in place: x, y are our float64 copies
-        order = torch.argsort(fold, stable=True)  # rows of one fold contiguous: slices, not copies
-        counts = torch.bincount(fold, minlength=self.n_folds).tolist()
-        x, y = x[order], y[order]
+            mean = buf.mean(0)
+            self.x_shift, self.y_shift = mean[:F].clone(), mean[F:].clone()
+        buf.sub_(torch.cat([self.x_shift, self.y_shift]))
+        counts = np.bincount(fold, minlength=self.n_folds)
         start = 0
-        for k, c in enumerate(counts):
+        for k, c in enumerate(counts.tolist()):
             if c:
-                xk, yk = x[start : start + c], y[start : start + c]
-                self.xtx[k] += xk.T @ xk
-                self.xty[k] += xk.T @ yk
-                self.sx[k] += xk.sum(0)
-                self.sy[k] += yk.sum(0)
-                self.yy[k] += (yk * yk).sum(0)
+                rows = buf[start : start + c]
+                xk, yk = rows[:, :F], rows[:, F:]
+                prod = xk.T @ rows  # [F, F + k]: X^T X and X^T Y in one product
+                self.xtx[k] += prod[:, :F]
+                self.xty[k] += prod[:, F:]
+                sums = rows.sum(0)
+                self.sx[k] += sums[:F]
+                self.sy[k] += sums[F:]
+                self.yy[k] += yk.square().sum(0)
                 self.n[k] += c
             start += c
         # NaN/inf anywhere in the rows reaches these sums: checking them is O(F + k), not O(rows)
@@ -158,11 +178,16 @@ class FoldStats:
                 and torch.isfinite(self.xtx.diagonal(dim1=1, dim2=2)).all()):
             raise DataError("probe inputs or targets contain NaN or inf (or values too large to square)")
 
-    def _fresh64(self, a):
+    def _tensor(self, a):
+        """``a`` as a tensor without copying where possible (CPU arrays stay on the CPU until
+        the single float64 copy in :meth:`add`, so a GPU receives them in their own dtype)."""
         torch = _torch()
         if isinstance(a, torch.Tensor):
-            return a.to(device=self.device, dtype=torch.float64, copy=True)
-        return torch.tensor(np.asarray(a), dtype=torch.float64, device=self.device)
+            return a
+        a = np.asarray(a)
+        if a.dtype.kind not in "fiub":
+            raise DataError(f"probe inputs and targets must be numeric, got dtype {a.dtype}")
+        return torch.from_numpy(np.require(a, requirements=["C", "W"]))
 
     def subset(self, folds) -> tuple:
         """Summed statistics ``(xtx, xty, sx, sy, yy, n)`` of the given folds."""

@@ -29,7 +29,8 @@ def test_ridge_probe_cuda_equals_cpu(per_target):
     X, Y, g = _rows()
     cpu = RidgeProbe(cv=5, alpha_per_target=per_target, device="cpu").fit(X, Y, groups=g)
     gpu = RidgeProbe(cv=5, alpha_per_target=per_target, device="cuda").fit(X, Y, groups=g)
-    np.testing.assert_array_equal(cpu.alpha_, gpu.alpha_)
+    # the same grid point: the grids differ in the last bits (their scale is a float64 trace)
+    np.testing.assert_allclose(gpu.alpha_, cpu.alpha_, rtol=1e-12)
     assert _rel(gpu.coef_, cpu.coef_) < 1e-6
     assert _rel(gpu.intercept_, cpu.intercept_) < 1e-6
     assert abs(gpu.best_score_ - cpu.best_score_) < 1e-9
@@ -47,7 +48,7 @@ def test_nested_cv_statistics_cuda_equal_cpu():
         for i in range(0, len(X), 1000):
             st.add(X[i:i + 1000], Y[i:i + 1000], fold[i:i + 1000])
         res[dev] = cross_validate(st, col_groups=[0, 0, 1, 1])
-    np.testing.assert_array_equal(res["cpu"].alpha, res["cuda"].alpha)
+    np.testing.assert_allclose(res["cuda"].alpha, res["cpu"].alpha, rtol=1e-12)
     assert _rel(res["cuda"].sse, res["cpu"].sse) < 1e-6
     assert _rel(res["cuda"].fold_coef, res["cpu"].fold_coef) < 1e-6
 
@@ -77,7 +78,7 @@ def test_run_probe_cuda_equals_cpu(host, tiny_store):
         ok = np.isfinite(x)
         np.testing.assert_array_equal(ok, np.isfinite(y))
         assert np.abs(x[ok] - y[ok]).max() < 1e-6, var
-    np.testing.assert_array_equal(a["alpha"].values, b["alpha"].values)
+    np.testing.assert_allclose(b["alpha"].values, a["alpha"].values, rtol=1e-12)
 
 
 def test_cache_on_cuda_matches_cpu(host, tiny_checkpoint, tmp_path):
@@ -86,9 +87,9 @@ def test_cache_on_cuda_matches_cpu(host, tiny_checkpoint, tmp_path):
     ds = {}
     for dev in ("cpu", "cuda"):
         req = CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(tmp_path / f"{dev}.zarr"), n_samples=40, seed=3,
-                           batch_size=16, device=dev)
+                           batch_size=16, device=dev, dtype="float32")
         ds[dev] = run_cache(host, req).dataset()
     a, b = ds["cpu"].resid.values, ds["cuda"].resid.values
     assert a.shape == b.shape
-    assert _rel(b, a) < 1e-4  # float32 forward passes; cuBLAS and CPU BLAS sum in different orders
+    assert _rel(b, a) < 1e-5  # float32 forward passes; cuBLAS and CPU BLAS sum in different orders
     np.testing.assert_array_equal(ds["cpu"].x.values, ds["cuda"].x.values)
