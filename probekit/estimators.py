@@ -35,6 +35,7 @@ from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, RidgeSolution, alpha_
 __all__ = ["RidgeProbe", "LogisticProbe"]
 
 _BATCH_ROWS = 8192  # rows per streamed chunk when accumulating statistics
+_GPU_CHUNK_BYTES = 1 << 29  # on a GPU, chunks of up to 512 MiB (float64 [rows, features + targets])
 _SSE_BYTES = 1 << 26  # bound on the [alphas, features, targets] temporaries of one SSE call
 
 
@@ -183,11 +184,13 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         fold, K = self._folds(X, y, groups)
 
         stats = FoldStats(K, F, k, device=self.device)
-        # Stream the rows fold by fold, so each chunk arrives sorted and is copied only once.
+        # On the CPU, stream the rows fold by fold so each chunk arrives sorted and is copied
+        # only once; a GPU receives chunks as they are and sorts them itself.
         order = np.argsort(fold, kind="stable")
-        in_order = bool(np.all(order == np.arange(n)))
-        for i in range(0, n, _BATCH_ROWS):
-            rows = slice(i, i + _BATCH_ROWS) if in_order else order[i : i + _BATCH_ROWS]
+        in_order = torch.device(self.device).type != "cpu" or bool(np.all(order == np.arange(n)))
+        batch = _BATCH_ROWS if torch.device(self.device).type == "cpu" else max(_BATCH_ROWS, _GPU_CHUNK_BYTES // (8 * (F + k)))
+        for i in range(0, n, batch):
+            rows = slice(i, i + batch) if in_order else order[i : i + batch]
             stats.add(X[rows], y2[rows], fold[rows])
 
         if self.alpha_scale == "trace":

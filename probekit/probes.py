@@ -146,6 +146,8 @@ class FoldStats:
             return
         if fold.min() < 0 or fold.max() >= self.n_folds:
             raise DataError(f"fold indices must lie in [0, {self.n_folds}), got {fold.min()}..{fold.max()}")
+        if torch.device(self.device).type != "cpu":  # to the GPU in their own dtype; gather and widen there
+            x, y = x.to(self.device), y.to(self.device)
         if n > 1 and np.any(fold[1:] < fold[:-1]):  # rows of one fold contiguous: slices below, not copies
             order = np.argsort(fold, kind="stable")
             fold = fold[order]
