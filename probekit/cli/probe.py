@@ -28,6 +28,8 @@ def probe(
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Shuffled-target and random-init baselines."),
     per_pos: bool = typer.Option(False, "--per-pos", help="Also fit a separate probe at every position."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of samples for R² CIs (0: none)."),
+    null_model: bool = typer.Option(True, "--null-model/--no-null-model",
+                                    help="Let the nested CV choose the intercept-only model (alpha inf, R² 0)."),
     device: str = typer.Option("cpu", help="Device of the probe arithmetic: cpu or cuda."),
     dask: bool = typer.Option(False, "--dask", help="Sum per-chunk statistics on a dask cluster."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler (implies --dask)."),
@@ -46,7 +48,7 @@ def probe(
     host = PluginHost.default()
     settings = ProbeSettings(n_folds=folds, seed=seed, sites=tuple(site) if site else None,
                              targets=tuple(target) if target else None, baselines=baselines, n_boot=n_boot,
-                             per_pos=per_pos, device=device, options=parse_options(option))
+                             per_pos=per_pos, null_model=null_model, device=device, options=parse_options(option))
     cluster = dask_executor(scheduler, workers) if (dask or scheduler) else contextlib.nullcontext(None)
     with cluster as executor, progress(f"probe {hypothesis}", 1, "layers", enabled=not as_json) as update:
         results, key = run_probe(host, store, hypothesis, settings, executor=executor,
