@@ -55,6 +55,25 @@ def test_noise_targets_give_zero_r2_inside_the_permutation_band(tiny_store, nois
     assert res.overlaps_baseline.sel(site="resid", target="noise").values.all()
 
 
+def test_null_model_is_a_setting_and_survives_json(tiny_store, noise_host):
+    """alpha = inf (the intercept-only model) is chosen on noise, written as "inf" in JSON records
+    (which stay strict JSON), recorded in the settings, and can be turned off."""
+    import json
+
+    from probekit.report import results_records
+
+    on, _ = run_probe(noise_host, tiny_store, "noise", ProbeSettings(n_folds=3, n_boot=0, n_perm=4))
+    off, _ = run_probe(noise_host, tiny_store, "noise", ProbeSettings(n_folds=3, n_boot=0, n_perm=4, null_model=False))
+    assert np.isinf(on.alpha.values).any() and np.isfinite(off.alpha.values).all()
+    assert json.loads(on.attrs["settings"])["null_model"] is True
+    assert json.loads(off.attrs["settings"])["null_model"] is False
+    records = results_records(on)
+    assert any(r["alpha"] == "inf" for r in records)
+    json.dumps(records, allow_nan=False)  # no Infinity / NaN tokens
+    # without the null model a fitted probe on noise scores slightly below 0
+    assert (off.r2.sel(condition="model").values < 0).all()
+
+
 def test_stratified_permutations_keep_masks():
     from probekit.probing import stratified_permutations
 
