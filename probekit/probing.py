@@ -64,7 +64,8 @@ class ProbeSettings:
     options: dict = field(default_factory=dict)  # hypothesis options
 
     def __post_init__(self):
-        checks = [(self.n_folds >= 2, f"folds must be >= 2, got {self.n_folds}"),
+        checks = [(self.n_folds >= 3, f"folds must be >= 3, got {self.n_folds} (nested CV: alpha is chosen by an "
+                                      "inner CV over the other folds)"),
                   (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
                   (self.n_perm >= 1, f"n_perm must be >= 1, got {self.n_perm}"),
                   (self.n_perm_categorical >= 1, f"n_perm_categorical must be >= 1, got {self.n_perm_categorical}"),
