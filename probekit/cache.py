@@ -433,9 +433,8 @@ class _Fill:
         n = req.n_samples
         ci, n_units, phase = unit or (None, 1, "random-init" if group else "model")
         done = store.blocks_done(group)
-        g = store.group(group, mode="a")
         names = [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, inputs.shape[1]))]
-        arrays = {name: g[name] for name in names}
+        arrays = store.writable(names, group)
 
         def write(b: int, s0: int, s1: int, blocks: dict) -> None:
             for name, data in blocks.items():

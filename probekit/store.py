@@ -173,17 +173,29 @@ class Store:
         )
 
     def create_variable(self, name, shape, dims, *, dtype, chunks, group=None, attrs=None):
-        """Pre-size any other per-sample variable (e.g. model outputs)."""
+        """Pre-size any other per-sample variable (e.g. model outputs). Float variables (logits)
+        are stored uncompressed like activations; integer and boolean ones (tokens, masks) with
+        zarr's default compressor."""
         zarr = _zarr()
         g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
+        raw = {"compressors": None} if np.dtype(dtype).kind == "f" else {}
         return g.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
-            fill_value=0, attributes=attrs or {}, overwrite=True,
+            fill_value=0, attributes=attrs or {}, overwrite=True, **raw,
         )
+
+    def writable(self, names, group: str | None = None) -> dict:
+        """The arrays ``names`` opened for block writes. Every chunk is written, even an all-zero
+        one: zarr otherwise compares each chunk with the fill value first, a full extra scan of
+        everything written (measured: a third of the cache's time on a GPU)."""
+        zarr = _zarr()
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            g = self.group(group, mode="a")
+            return {name: g[name] for name in names}
 
     def write_block(self, name: str, start: int, data: np.ndarray, group: str | None = None) -> None:
         """Write ``data`` at samples ``start:start+len(data)`` of variable ``name``."""
-        arr = self.group(group, mode="a")[name]
+        arr = self.writable([name], group)[name]
         if data.shape[1:] != arr.shape[1:]:
             raise StoreError(f"block for {name!r} has shape {data.shape}, store expects (*, {arr.shape[1:]})")
         arr[start : start + data.shape[0]] = data
