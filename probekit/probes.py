@@ -32,6 +32,7 @@ from probekit.errors import DataError, UsageError
 DEFAULT_REL_ALPHAS = tuple(10.0 ** np.arange(-6, 4))  # times trace(XᵀX)/(n·F)
 
 
+_DIRECT_FLOPS = 1 << 27  # sse_grouped: below this A·F²·k, score every column directly (no per-group loop)
 SMALL_GRAM = 256  # below this many features, solves run single-threaded (threads only add overhead)
 
 
@@ -153,13 +154,11 @@ class FoldStats:
             fold = fold[order]
             idx = torch.from_numpy(order)
             x, y = (a[idx.to(a.device)] for a in (x, y))  # gathered in their own dtype: fewer bytes
-        buf = torch.empty(n, F + self.n_targets, dtype=torch.float64, device=self.device)
-        buf[:, :F].copy_(x)
-        buf[:, F:].copy_(y)
         if self.x_shift is None:  # a reference point keeps the float64 sums well conditioned
-            mean = buf.mean(0)
-            self.x_shift, self.y_shift = mean[:F].clone(), mean[F:].clone()
-        buf.sub_(torch.cat([self.x_shift, self.y_shift]))
+            self.x_shift, self.y_shift = (a.to(torch.float64).mean(0) for a in (x, y))
+        buf = torch.empty(n, F + self.n_targets, dtype=torch.float64, device=self.device)
+        torch.sub(x, self.x_shift, out=buf[:, :F])  # widened and shifted in one pass
+        torch.sub(y, self.y_shift, out=buf[:, F:])
         counts = np.bincount(fold, minlength=self.n_folds)
         start = 0
         for k, c in enumerate(counts.tolist()):
@@ -172,7 +171,7 @@ class FoldStats:
                 sums = rows.sum(0)
                 self.sx[k] += sums[:F]
                 self.sy[k] += sums[F:]
-                self.yy[k] += yk.square().sum(0)
+                self.yy[k] += yk.square_().sum(0)  # last use of these rows: square in place
                 self.n[k] += c
             start += c
         # NaN/inf anywhere in the rows reaches these sums: checking them is O(F + k), not O(rows)
@@ -257,7 +256,8 @@ class RidgeSolution:
         Equals ``sse(alphas, test) @ onehot.T`` but costs O(F²·k + A·G·F²) instead of
         O(A·F²·k): in the eigenbasis, a group's quadratic term is ``dᵀ (H ⊙ Q_g Q_gᵀ) d``
         with ``d = 1 / (e + alpha)``, so many targets sharing an alpha cost little more
-        than one.
+        than one. Small problems (``A·F²·k`` under ``_DIRECT_FLOPS``) score every column
+        directly instead, which avoids a Python loop over many small groups.
         """
         xtx, xty, sx, sy, yy, n = test
         D = 1.0 / (self.e[None, :] + alphas[:, None])  # [A, F]
@@ -270,6 +270,10 @@ class RidgeSolution:
         b = self.my[None] - beta
         linear = yy[None] - 2 * cross - 2 * b * sy[None] + n * b * b + 2 * b * omega
         out = linear @ onehot.T  # [A, G]
+        A, F, k = len(alphas), Q.shape[0], Q.shape[1]
+        if A * F * F * k <= _DIRECT_FLOPS:  # small: every column at once, no loop over groups
+            Z = D[:, :, None] * Q[None]  # [A, F, k]
+            return out + ((H @ Z) * Z).sum(1) @ onehot.T
         for g in range(onehot.shape[0]):
             cols = onehot[g].nonzero().flatten()
             Qg = Q[:, cols]

@@ -152,8 +152,10 @@ def accumulate_block(src, layer, s0, s1, mask, y, fold, n_folds, shift, per_pos,
     acts = _read(src, layer, s0, s1)
     F, k = acts.shape[-1], y.shape[-1]
     pooled = FoldStats(n_folds, F, k, device=device).set_shift(*shift)
-    rows_fold = np.broadcast_to(fold[:, None], mask.shape)
-    pooled.add(acts[mask], y[mask], rows_fold[mask])
+    order = np.argsort(fold, kind="stable")  # samples by fold: the probed rows arrive sorted, one copy
+    i, pos = np.nonzero(mask[order])
+    rows = order[i]
+    pooled.add(acts[rows, pos], y[rows, pos], fold[rows])
     out = {"pooled": pooled.to_numpy()}
     if per_pos:
         out["per_pos"] = []
@@ -248,6 +250,7 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
         r2_per_pos = np.full(shape + (T,), np.nan) if settings.per_pos else None
         where = "" if kc is None else f"step {int(ds[schema.CHECKPOINT].values[kc])} · "
         for ci, cond in enumerate(conditions):
+            shuffled_cache: dict = {}  # permuted targets, shared by every site and layer of this condition
             group = schema.RANDOM_INIT_GROUP if cond == "random_init" else None
             for si, site in enumerate(sites):
                 arr = _view(store.array(site, group), None if group else kc)
@@ -259,7 +262,8 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
                         ks = [values[name].shape[-1] for name in members]
                         if cond == "shuffled":
                             _shuffled_layer(out, (ci, si, layer), executor, src, stored, blocks, mask, members,
-                                            values, names, folds, settings, seed=[settings.seed, 1, gi])
+                                            values, names, folds, settings, seed=[settings.seed, 1, gi],
+                                            cache=shuffled_cache)
                             continue
                         y = np.concatenate([values[name] for name in members], axis=-1)
                         cols = _slices(ks)
@@ -361,13 +365,20 @@ def _categorical_layer(out, idx, cond, arr, layer, tds, name, folds, settings, s
         out["selectivity"][idx] = out["accuracy"][idx] - out["control_accuracy"][idx]
 
 
-def _shuffled_layer(out, at, executor, src, layer, blocks, mask, members, values, names, folds, settings, seed):
+def _shuffled_layer(out, at, executor, src, layer, blocks, mask, members, values, names, folds, settings, seed,
+                    cache=None):
     """The permutation baseline for one mask group: every permutation's targets are extra
-    columns of one accumulation; R² is reported as the mean and quantile band over permutations."""
-    shuffled = {name: permuted_targets(values[name], mask, settings.n_perm, seed) for name in members}
+    columns of one accumulation; R² is reported as the mean and quantile band over permutations.
+    The permuted targets depend on the seed only, so ``cache`` (a dict) keeps them across layers."""
     perms = range(settings.n_perm)
     ks = [values[name].shape[-1] for name in members]
-    y = np.concatenate([shuffled[name][p] for p in perms for name in members], axis=-1)
+    key = (tuple(np.ravel(seed)), tuple(members))
+    y = None if cache is None else cache.get(key)
+    if y is None:
+        shuffled = {name: permuted_targets(values[name], mask, settings.n_perm, seed) for name in members}
+        y = np.concatenate([shuffled[name][p] for p in perms for name in members], axis=-1)
+        if cache is not None:
+            cache[key] = y
     res = _probe_layer(executor, src, layer, blocks, mask, y, folds, ks * len(perms), _slices(ks * len(perms)),
                        replace(settings, per_pos=False), score=False)[0]
     cols = _slices(ks * len(perms))

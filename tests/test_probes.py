@@ -112,6 +112,29 @@ def test_null_model_scores_noise_exactly_zero():
             assert scoring.bootstrap_r2_ci(held[c], weights) == (0.0, 0.0)
 
 
+def test_grouped_sse_paths_agree_with_per_column_sse(monkeypatch):
+    """sse_grouped's direct path (small problems) and its per-group loop (large ones) both equal
+    the per-column sse summed within groups."""
+    import torch
+
+    from probekit import probes
+
+    X, Y, sample = make_rows(n_samples=50, T=4, F=6, k=7)
+    fold = grouped_folds(50, 3)[sample]
+    stats = accumulate(X, Y, fold, 3)
+    sol = probes.RidgeSolution.fit(probes._minus(stats.subset(range(3)), stats.subset([0])))
+    test = stats.subset([0])
+    alphas = torch.cat([alpha_grid(stats), torch.tensor([float("inf")], dtype=torch.float64)])
+    groups = np.array([0, 0, 1, 2, 2, 2, 3])
+    onehot = torch.tensor(groups[None, :] == np.arange(4)[:, None], dtype=torch.float64)
+    expected = (sol.sse(alphas, test) @ onehot.T).numpy()
+    direct = sol.sse_grouped(alphas, test, onehot).numpy()
+    monkeypatch.setattr(probes, "_DIRECT_FLOPS", 0)
+    looped = sol.sse_grouped(alphas, test, onehot).numpy()
+    np.testing.assert_allclose(direct, expected, rtol=1e-10)
+    np.testing.assert_allclose(looped, expected, rtol=1e-10)
+
+
 def test_alpha_grid_is_scale_aware():
     X, Y, sample = make_rows(offset=0.0)
     fold = grouped_folds(sample.max() + 1, 3)[sample]
