@@ -154,11 +154,13 @@ class FoldStats:
             fold = fold[order]
             idx = torch.from_numpy(order)
             x, y = (a[idx.to(a.device)] for a in (x, y))  # gathered in their own dtype: fewer bytes
-        if self.x_shift is None:  # a reference point keeps the float64 sums well conditioned
-            self.x_shift, self.y_shift = (a.to(torch.float64).mean(0) for a in (x, y))
         buf = torch.empty(n, F + self.n_targets, dtype=torch.float64, device=self.device)
-        torch.sub(x, self.x_shift, out=buf[:, :F])  # widened and shifted in one pass
-        torch.sub(y, self.y_shift, out=buf[:, F:])
+        buf[:, :F].copy_(x)  # (a mixed-dtype torch.sub into buf is slower than copy_ then sub_)
+        buf[:, F:].copy_(y)
+        if self.x_shift is None:  # a reference point keeps the float64 sums well conditioned
+            mean = buf.mean(0)
+            self.x_shift, self.y_shift = mean[:F].clone(), mean[F:].clone()
+        buf.sub_(torch.cat([self.x_shift, self.y_shift]))
         counts = np.bincount(fold, minlength=self.n_folds)
         start = 0
         for k, c in enumerate(counts.tolist()):
