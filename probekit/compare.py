@@ -402,7 +402,6 @@ def plot_compare(results, path):
     ax_c.set_ylabel("log-odds R² (model vs algorithm)" if tokens else "model cos (sensitivities)")
     fig.suptitle(f"{results.attrs['model_spec']} · {results.attrs['task']}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from probekit.report import save_figure
+
+    return save_figure(fig, path)

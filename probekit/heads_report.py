@@ -78,11 +78,9 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
+    from probekit.report import save_figure
+
+    return save_figure(fig, path)
 
 
 def plot_ov_qk(ds, path, threshold: float = 0.5) -> Path:

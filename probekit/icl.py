@@ -122,8 +122,6 @@ def icl_table(res):
 
 def plot_icl(res, path):
     """PNG: mean logit P(correct) against n with its line fit, and the ideal observer's curve."""
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +140,6 @@ def plot_icl(res, path):
     ax.set_title(f"{res.attrs['model_spec']} · {res.attrs['task']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from probekit.report import save_figure
+
+    return save_figure(fig, path)

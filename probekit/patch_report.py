@@ -251,7 +251,6 @@ def plot_patch(ds, path) -> Path:
         fig.colorbar(im, ax=ax, label="recovered fraction", shrink=0.8)
     fig.suptitle(f"{ds.attrs['model_spec']} · patching resid A → B · {ds.sizes['pair']} pairs", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from probekit.report import save_figure
+
+    return save_figure(fig, path)

@@ -99,6 +99,17 @@ def _level(results) -> str:
         return "95%"
 
 
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (making its folder) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _short(v: float) -> str:
     """Two decimals without a negative zero: baselines are read at a glance."""
     return "nan" if not np.isfinite(v) else f"{0.0 if abs(v) < 0.005 else v:.2f}"
@@ -181,10 +192,7 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"{results.attrs.get('hypothesis')} probes · site {site}", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_r2_by_position(results, path: str | Path, site: str | None = None, condition: str = "model",
@@ -212,10 +220,7 @@ def plot_r2_by_position(results, path: str | Path, site: str | None = None, cond
     fig.colorbar(img, ax=axes, shrink=0.8, label="held-out R²")
     what = "per-position probes" if variable == "r2_per_pos" else "pooled probe scored per position"
     fig.suptitle(f"{results.attrs.get('hypothesis')} · {site} · {condition} · {what}", fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # -- checkpoint stores: R² through training -------------------------------------------------
@@ -336,7 +341,4 @@ def plot_r2_vs_checkpoint(results, path: str | Path, site: str | None = None) ->
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
     fig.suptitle(f"{results.attrs.get('hypothesis')} probes through training · site {site}", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
