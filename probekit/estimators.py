@@ -186,9 +186,10 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         stats = FoldStats(K, F, k, device=self.device)
         # On the CPU, stream the rows fold by fold so each chunk arrives sorted and is copied
         # only once; a GPU receives chunks as they are and sorts them itself.
+        on_cpu = torch.device(self.device).type == "cpu"
         order = np.argsort(fold, kind="stable")
-        in_order = torch.device(self.device).type != "cpu" or bool(np.all(order == np.arange(n)))
-        batch = _BATCH_ROWS if torch.device(self.device).type == "cpu" else max(_BATCH_ROWS, _GPU_CHUNK_BYTES // (8 * (F + k)))
+        in_order = not on_cpu or bool(np.all(order == np.arange(n)))
+        batch = _BATCH_ROWS if on_cpu else max(_BATCH_ROWS, _GPU_CHUNK_BYTES // (8 * (F + k)))
         for i in range(0, n, batch):
             rows = slice(i, i + batch) if in_order else order[i : i + batch]
             stats.add(X[rows], y2[rows], fold[rows])

@@ -98,7 +98,8 @@ def parse_blocks(spec: str | None, n_blocks: int) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------- the model
 
-def _first(out):
+def first_output(out):
+    """A module's main output: the first element when it returns a tuple."""
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -214,12 +215,12 @@ def _hooked_torch(adapter) -> Hooked:
         raise UsageError(f"{adapter.spec}: name the residual-stream modules as the resid site, e.g. ?resid=blocks.*")
     import torch
 
-    from probekit.models.torch_module import _first as first_output
+    from probekit.models.torch_module import _first as model_output
 
     modules = dict(adapter.model.named_modules())
 
     def logits(ids, valid, keep):
-        out = first_output(adapter.model(ids.to(torch.long)))
+        out = model_output(adapter.model(ids.to(torch.long)))
         return out if keep is None else out[:, keep]
 
     return Hooked(adapter, resid=[(modules[p], "post") for p in adapter.site_paths["resid"]], logits_fn=logits)
@@ -242,7 +243,7 @@ def _pre_hook(module, fn):
 
 
 def _post_hook(module, fn):
-    return module.register_forward_hook(lambda _m, _a, out: _with_first(out, fn(_first(out))))
+    return module.register_forward_hook(lambda _m, _a, out: _with_first(out, fn(first_output(out))))
 
 
 def _set_rows(rows, pos, values):

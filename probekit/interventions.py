@@ -49,7 +49,7 @@ from probekit.hooked import (  # noqa: F401  (re-exported: the intervention API 
     Forward,
     Hooked,
     Patch,
-    _first,
+    first_output,
     hooked_model,
     parse_blocks,
     parse_heads,
@@ -147,7 +147,8 @@ def component_means(hooked: Hooked, seqs: Sequence[Sequence[int]], ablation: Abl
         for b in ablation.blocks:
             handles.append(hooked.blocks[b].register_forward_hook(
                 lambda _m, args, kwargs, out, b=b, got=got: got.__setitem__(
-                    ("block", b), _first(out) - (args[0] if args else kwargs["hidden_states"])), with_kwargs=True))
+                    ("block", b), first_output(out) - (args[0] if args else kwargs["hidden_states"])),
+                with_kwargs=True))
         try:
             with torch.no_grad():
                 hooked.logits(ids, valid, torch.zeros(1, dtype=torch.long, device=ids.device))

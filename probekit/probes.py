@@ -129,9 +129,10 @@ class FoldStats:
     def add(self, x, y, fold) -> None:
         """Accumulate rows ``x[N, F]``, ``y[N, k]`` whose fold indices are ``fold[N]``.
 
-        Inputs are read, never modified. Rows are copied once, in float64 on ``device``,
-        into one buffer ``[x | y]`` (gathered by fold on the way unless ``fold`` is already
-        sorted), shifted in place, and each fold's ``x^T [x | y]`` is one matrix product.
+        Inputs are read, never modified. Unless ``fold`` is already sorted, rows are first
+        gathered by fold in their own dtype; then they are copied once into one float64 buffer
+        ``[x | y]`` on ``device``, shifted in place, and each fold's ``x^T [x | y]`` is one
+        matrix product.
         """
         torch = _torch()
         x, y = self._tensor(x), self._tensor(y)

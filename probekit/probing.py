@@ -468,7 +468,8 @@ def _results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names
             "hypothesis_options": json.dumps(hyp.options),
             "store": str(store.path),
             "probe": "ridge, nested sample-grouped CV (alpha chosen inside each training set, inf = intercept "
-                     "only); out-of-sample R² (reference: each outer fold's training mean) pooled over held-out folds, variance-weighted over target dims; model CI: percentile bootstrap over "
+                     "only); out-of-sample R² (reference: each outer fold's training mean) pooled over held-out "
+                     "folds, variance-weighted over target dims; model CI: percentile bootstrap over "
                      "samples (fits held fixed); shuffled: mean and quantile band over n_perm refitted permutations",
             "settings": json.dumps({k: v for k, v in asdict(settings).items() if k != "options"}),
             "probekit_version": probekit.__version__,
