@@ -164,6 +164,16 @@ class ToyAdapter:
         }
 
 
+def decode_each(tokenizer, ids) -> list[list[str]]:
+    """Each token's own text (``decode([id])``, special tokens kept) for ``ids[b, T]`` or ``ids[T]``:
+    the position labels of text adapters (``hf:``, ``tlens:``)."""
+    ids = np.asarray(ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    return [tokenizer.batch_decode([[int(i)] for i in row], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False) for row in ids]
+
+
 def site_layout(site: str, n: int, seq_len: int, d_model: int, n_heads: int):
     """The conventional layout of a named site: ``(dims, shape without sample)``."""
     from probekit import schema

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit.errors import CheckpointError, DataError, UnknownNameError, UsageError
-from probekit.models.adapters import resolve_device, torch_dtype
+from probekit.models.adapters import decode_each, resolve_device, torch_dtype
 
 SITES = ("resid", "attn_pattern")
 
@@ -254,11 +254,7 @@ class HFAdapter:
 
     def decode_tokens(self, ids: np.ndarray) -> list[list[str]]:
         """Each token's own text (``decode([id])``, special tokens kept), for labelling positions."""
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        return [self.tokenizer.batch_decode([[int(i)] for i in row], skip_special_tokens=False,
-                                            clean_up_tokenization_spaces=False) for row in ids]
+        return decode_each(self.tokenizer, ids)
 
     # -------------------------------------------------------------------- run
     def run(self, inputs: np.ndarray, sites: list[str], valid: np.ndarray | None = None):

@@ -99,7 +99,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from probekit.errors import CheckpointError, DataError, UnknownNameError, UsageError
-from probekit.models.adapters import resolve_device, site_layout, torch_dtype
+from probekit.models.adapters import decode_each, resolve_device, site_layout, torch_dtype
 from probekit.models.hf import _jsonable, _tokenizer_hash as _hf_tokenizer_hash
 
 EXTRA_HINT = "pip install 'probekit-lab[tlens]'"
@@ -522,11 +522,7 @@ class TLensAdapter:
     def decode_tokens(self, ids: np.ndarray) -> list[list[str]]:
         """Each token's own text (``decode([id])``, special tokens kept), for labelling positions."""
         self._need_tokenizer()
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        return [self.tokenizer.batch_decode([[int(i)] for i in row], skip_special_tokens=False,
-                                            clean_up_tokenization_spaces=False) for row in ids]
+        return decode_each(self.tokenizer, ids)
 
     # -------------------------------------------------------------------- run
     def run(self, inputs: np.ndarray, sites: list[str], valid: np.ndarray | None = None):
