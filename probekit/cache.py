@@ -197,18 +197,45 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     """Cache ``req.sites`` of ``req.model`` on ``req.n_samples`` task samples into ``req.out``
     (with ``req.checkpoints``: through every checkpoint found there, into a ``checkpoint`` dim).
 
+    The whole request is validated first (task parameters, model, sites, sizes, and one
+    forward pass on one sample): nothing is written before. ``req.out`` must be absent, an
+    empty folder or a probekit store (resumed; with ``overwrite``, replaced: the new store is
+    built beside the old one and swapped in when complete, so a failure leaves the old one
+    intact). A new store that fails before its first block is removed.
+
     ``on_start(plan)`` is called once the work is known (``plan``: estimated bytes, free
     bytes, bytes per sample, resuming); ``on_progress(phase, samples_done, samples_total)``
     after every block (with checkpoints, samples count once per checkpoint). Before each
     call ``plan["written"]`` is updated: the samples, tokens (valid positions) and bytes
     this run has written so far, for honest rates on a resumed run.
     """
+    from probekit import outputs
+
+    outputs.check_output(req.out, outputs.STORE, replace=True)
+    req, task, adapter, refs = _prepare(host, req)
+    store = Store(req.out)
+    replace = overwrite and store.path.exists()
+    with outputs.made_here(store.path, keep=lambda: _any_block_done(store)), store.lock():
+        outputs.clear_leftovers(store.path)  # what killed runs left beside the store
+        if replace:
+            with outputs.replacing(store.path) as stage:
+                _run(host, dataclasses.replace(req, out=str(stage)), task, adapter, refs, True, on_progress, on_start)
+            return Store(store.path)
+        return _run(host, req, task, adapter, refs, False, on_progress, on_start)
+
+
+def _prepare(host, req: CacheRequest):
+    """Validate and complete ``req``: ``(req, task, adapter, checkpoint refs)``. Everything that
+    can fail before the first block fails here, including one forward pass on one sample."""
     from probekit.models.adapters import load_adapter
 
     if req.dtype not in schema.STORE_DTYPES:
         raise UsageError(f"unknown dtype {req.dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
-    if req.n_samples < 1:
-        raise UsageError("--n-samples must be >= 1")
+    for name, value in (("--n-samples", req.n_samples), ("--batch-size", req.batch_size), ("--block", req.block)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    if req.max_len is not None and req.max_len < 1:
+        raise UsageError(f"--max-len must be >= 1, got {req.max_len}")
     parse_logits(req.logits)
     if not req.model and not req.checkpoints:
         raise UsageError("pass --model (or --checkpoints with a training run's checkpoints)")
@@ -231,8 +258,9 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         params.update(req.task_params)
         task = host.tasks.get(task_name)(**params)
         req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
+    sample = task.generate(1, req.seed)
     if hasattr(adapter, "prepare"):  # adapters of plain modules learn their sizes from one sample
-        adapter.prepare(np.asarray(task.generate(1, req.seed)[task.io.input_var].values))
+        adapter.prepare(np.asarray(sample[task.io.input_var].values))
     from probekit.sites import canonical_sites
 
     req = dataclasses.replace(req, sites=canonical_sites(req.sites, adapter.sites)[0])  # TransformerLens names
@@ -240,51 +268,82 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         if site not in adapter.sites:
             raise UnknownNameError("site", site, adapter.sites)
     parse_logits(req.logits, adapter.d_out)
-
     _check_layouts(adapter, req.sites, task.io.seq_len)
+    _preflight(req, task, adapter, sample)
+    return req, task, adapter, refs
+
+
+def _preflight(req: CacheRequest, task, adapter, sample) -> None:
+    """Run the model on one sample and cast what it gives, so a request the model rejects
+    (a sequence longer than it takes, inputs of the wrong width) fails before anything is written."""
+    inputs = np.asarray(sample[task.io.input_var].values)
+    valid = {"valid": np.asarray(sample["valid"].values)} if "valid" in sample else {}
+    try:
+        acts, out = adapter.run(inputs, list(req.sites), **valid)
+    except Exception as exc:  # the model's own error, in its words
+        if isinstance(exc, (DataError, UsageError, StoreError)):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"the model cannot run on these inputs (task {task.name!r}, "
+                         f"{_short_params(req.task_params)}): {first}") from exc
+    for site in req.sites:
+        _to_store_dtype(site, acts[site], req.dtype)
+    _outputs(req, np.asarray(out))
+
+
+def _short_params(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "default parameters"
+
+
+def _any_block_done(store: Store) -> bool:
+    """Whether ``store`` has a finished block (then a failed run keeps it, to be resumed)."""
+    try:
+        return store.exists() and bool(store.blocks_done())
+    except Exception:
+        return False
+
+
+def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress, on_start) -> Store:
+    """Create (``fresh``, or when absent) or resume the store at ``req.out`` and fill it."""
+    from probekit.models.adapters import load_adapter
+
     store = Store(req.out)
-    seq_len = task.io.seq_len
-    needed = estimate_bytes(req, adapter, seq_len)
-    if store.path.exists() and not store.exists() and not overwrite:
-        raise StoreError(f"{req.out} exists and is not a probekit store; choose another --out")
-    with store.lock():
-        resuming = store.exists() and not overwrite
-        free = check_disk(store.path, 0 if resuming else needed)
-        copies = len(req.checkpoint_paths) or (2 if req.random_init else 1)
-        plan = {"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
-                "bytes_per_sample": needed // (req.n_samples * copies),
-                "written": {"samples": 0, "tokens": 0, "bytes": 0}}
-        if on_start:
-            on_start(plan)
-        for leftover in store.path.rglob("*.partial") if store.path.exists() else []:
-            leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
-        if store.exists() and not overwrite:
-            old = Store.open(req.out).attrs().get("request", {})
-            diff = _describe_difference(old, req.identity())
-            if diff:
-                raise StoreError(f"{req.out} holds a different cache ({diff}); use --overwrite or another --out")
-            if store.is_complete() and (not req.random_init or store.is_complete(schema.RANDOM_INIT_GROUP)):
-                return store
-        elif store.path.exists() and not overwrite:
-            raise StoreError(f"{req.out} exists and is not a probekit store; choose another --out")
-        else:
-            _create(store, req, task, adapter, overwrite, refs and _checkpoint_coords(host, refs))
-        base = Store.open(req.out).dataset()
-        inputs = np.asarray(base[task.io.input_var].values)
-        valid = np.asarray(base["valid"].values) if "valid" in base else None
-        fill = _Fill(store, req, inputs, valid, on_progress, plan["written"])
-        if refs:
-            _fill_checkpoints(host, fill, refs, base, adapter)
-        else:
-            fill(adapter, None)
-        if req.random_init:
-            rand = load_adapter(host, req.model, random_init=True, device=req.device, dtype=req.model_dtype)
-            if hasattr(rand, "prepare"):
-                rand.prepare(inputs[:1])
-            if not store.has_group(schema.RANDOM_INIT_GROUP):
-                _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
-            fill(rand, schema.RANDOM_INIT_GROUP)
-        store.consolidate()
+    resuming = store.exists() and not fresh
+    needed = estimate_bytes(req, adapter, task.io.seq_len)
+    free = check_disk(store.path, 0 if resuming else needed)
+    copies = len(req.checkpoint_paths) or (2 if req.random_init else 1)
+    plan = {"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
+            "bytes_per_sample": needed // (req.n_samples * copies),
+            "written": {"samples": 0, "tokens": 0, "bytes": 0}}
+    if on_start:
+        on_start(plan)
+    for leftover in store.path.rglob("*.partial") if store.path.exists() else []:
+        leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
+    if resuming:
+        old = Store.open(req.out).attrs().get("request", {})
+        diff = _describe_difference(old, req.identity())
+        if diff:
+            raise StoreError(f"{req.out} holds a different cache ({diff}); use --overwrite or another --out")
+        if store.is_complete() and (not req.random_init or store.is_complete(schema.RANDOM_INIT_GROUP)):
+            return store
+    else:
+        _create(store, req, task, adapter, refs and _checkpoint_coords(host, refs))
+    base = Store.open(req.out).dataset()
+    inputs = np.asarray(base[task.io.input_var].values)
+    valid = np.asarray(base["valid"].values) if "valid" in base else None
+    fill = _Fill(store, req, inputs, valid, on_progress, plan["written"])
+    if refs:
+        _fill_checkpoints(host, fill, refs, base, adapter)
+    else:
+        fill(adapter, None)
+    if req.random_init:
+        rand = load_adapter(host, req.model, random_init=True, device=req.device, dtype=req.model_dtype)
+        if hasattr(rand, "prepare"):
+            rand.prepare(inputs[:1])
+        if not store.has_group(schema.RANDOM_INIT_GROUP):
+            _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
+        fill(rand, schema.RANDOM_INIT_GROUP)
+    store.consolidate()
     return store
 
 
@@ -336,7 +395,7 @@ def _fill_checkpoints(host, fill, refs, base, last) -> None:
         fill(adapter, None, unit=(ci, len(refs), f"step {ref.step}"))
 
 
-def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool, ckpt_coords: dict | None) -> None:
+def _create(store: Store, req: CacheRequest, task, adapter, ckpt_coords: dict | None) -> None:
     ds = task.generate(req.n_samples, req.seed)
     n, T = ds.sizes[schema.SAMPLE], ds.sizes[schema.POS]
     if n != req.n_samples:
@@ -364,7 +423,7 @@ def _create(store: Store, req: CacheRequest, task, adapter, overwrite: bool, ckp
         attrs.update({schema.N_CHECKPOINTS_ATTR: len(req.checkpoint_paths), "checkpoint_source": req.checkpoints})
     base = ds.assign_coords(coords)
     base.attrs = attrs
-    Store.create(store.path, base, overwrite=overwrite)
+    Store.create(store.path, base)
     _create_arrays(store, req, adapter, T, None)
 
 

@@ -97,6 +97,18 @@ def icl_curve(adapter, task, settings: ICLSettings, *,
     return xr.Dataset(data, coords={"n_examples": ns, "prompt": np.arange(settings.count)}, attrs=attrs)
 
 
+def save_curve(res, path) -> None:
+    """Write the curve as a zarr store at ``path``, marked as an icl curve. ``path`` must be
+    absent, an empty folder or an earlier icl curve (replaced, once the new one is complete)."""
+    from probekit import outputs
+
+    path = outputs.check_output(path, outputs.CURVE)
+    res = res.assign_attrs({outputs.CURVE_KIND_ATTR: outputs.CURVE_KIND})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with outputs.replacing(path) as stage:
+        res.to_zarr(stage, mode="w-", zarr_format=3, consolidated=False)
+
+
 def icl_table(res):
     """A rich Table: n, P(correct), mean logit (and the ideal observer's), with the fits below."""
     from rich import box

@@ -110,25 +110,28 @@ def save_patch(ds, out: str | Path, rid: str | None = None) -> tuple[Path, str]:
     ``(store path, group path inside it)`` (group ``""`` for a standalone store)."""
     import zarr
 
+    from probekit import outputs
     from probekit.store import _quiet, _vlen_strings
 
     out = Path(out)
-    if out.suffix != ".zarr":
-        if out.exists() and not out.is_dir():
-            raise StoreError(f"--out {out} is a file: give a directory or a .zarr store")
+    if out.suffix == ".zarr" and outputs.describe(out) in (outputs.STORE, outputs.PATCH):  # a new group in it
+        group = f"{GROUP}/{rid or run_id(ds)}"
+        if (out / group).exists():
+            raise StoreError(f"{out} already holds {group}")
+        with _quiet():
+            _vlen_strings(ds).to_zarr(out, group=group, mode="w-", zarr_format=3, consolidated=False)
+            zarr.consolidate_metadata(out)
+        return out, group
+    if out.suffix != ".zarr":  # a folder's patch.zarr is replaced by the next run's
+        outputs.check_output(out, outputs.FOLDER)
         out = out / "patch.zarr"
-        group, mode = "", "w"
-    elif (out / "zarr.json").is_file():
-        group, mode = f"{GROUP}/{rid or run_id(ds)}", "w"
-    elif out.exists():
-        raise StoreError(f"--out {out} exists but is not a zarr store")
-    else:
-        group, mode = "", "w-"
+    outputs.check_output(out, outputs.PATCH)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
-        _vlen_strings(ds).to_zarr(out, group=group or None, mode=mode, zarr_format=3, consolidated=False)
-        zarr.consolidate_metadata(out)
-    return out, group
+    with outputs.replacing(out) as stage, _quiet():
+        _vlen_strings(ds.assign_attrs({outputs.KIND_ATTR: outputs.PATCH_KIND})).to_zarr(
+            stage, mode="w-", zarr_format=3, consolidated=False)
+        zarr.consolidate_metadata(stage)
+    return out, ""
 
 
 # --------------------------------------------------------------------------- reports

@@ -188,8 +188,10 @@ def _mask_groups(tds, names):
 
 
 def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None = None, *,
-              executor=None, on_progress: Callable[[str, int, int], None] | None = None):
-    """Probe a store for ``hypothesis``; write and return ``(results Dataset, group key)``."""
+              executor=None, on_progress: Callable[[str, int, int], None] | None = None, write: bool = True):
+    """Probe a store for ``hypothesis``; write and return ``(results Dataset, group key)``.
+    With ``write=False`` nothing is written (the key is None): the caller writes the results
+    with :func:`save_results` once everything else it does has succeeded."""
     settings = settings or ProbeSettings()
     executor = executor or SerialExecutor()
     store = Store.open(store_path)
@@ -291,9 +293,16 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
         parts.append(_results_dataset(out, r2_pos, r2_per_pos, conditions, sites, n_layers, names, tds, values, T,
                                       hypothesis, hyp, store, settings))
     results = parts[0] if ckpts[0] is None else _stack_checkpoints(parts, ds)
+    if not write:
+        return results, None
+    return results, save_results(store, results, hypothesis, settings)
+
+
+def save_results(store: Store, results, hypothesis: str, settings: ProbeSettings) -> str:
+    """Write ``results`` into ``store`` under a new ``probes/<hypothesis>/<id>``; returns the key."""
     key = store.write_results(results, hypothesis, _run_id(hypothesis, settings))
     results.attrs["key"] = key
-    return results, key
+    return key
 
 
 def _slices(ks: list[int]) -> list[slice]:

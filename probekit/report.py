@@ -100,13 +100,20 @@ def _level(results) -> str:
 
 
 def save_figure(fig, path, dpi: int = 120) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (making its folder) and close it; returns the path."""
+    """Write ``fig`` at ``path`` (PNG, or PDF/SVG by its suffix; making its folder) and close it;
+    returns the path. ``path`` must be absent or a figure file (:func:`probekit.outputs.check_output`);
+    the file is written beside it and renamed into place, so it is never half-written."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    from probekit import outputs
+
+    path = outputs.check_output(path, outputs.FIGURE, option="--plot")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with outputs.replacing(path) as stage:
+            fig.savefig(stage, dpi=dpi, format=path.suffix.lstrip(".").lower())
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -61,16 +61,15 @@ class Store:
         return (self.path / "zarr.json").is_file()
 
     @classmethod
-    def create(cls, path, base, *, overwrite: bool = False) -> "Store":
+    def create(cls, path, base) -> "Store":
         """Create a store whose root holds ``base`` (an ``xr.Dataset``) and its attrs.
 
-        Refuses an existing path unless ``overwrite``.
+        Refuses any existing path but an empty folder: a store is replaced only by building
+        the new one beside it and swapping it in (:func:`probekit.outputs.replacing`).
         """
         store = cls(path)
-        if store.path.exists():
-            if not overwrite:
-                raise StoreError(f"{store.path} already exists (pass --overwrite to replace it)")
-            store.remove()
+        if store.path.exists() and (not store.path.is_dir() or any(store.path.iterdir())):
+            raise StoreError(f"{store.path} already exists; refusing to write a new store over it")
         store.path.parent.mkdir(parents=True, exist_ok=True)
         with _quiet():
             _vlen_strings(base).to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False)
@@ -235,8 +234,16 @@ class Store:
     def write_results(self, ds, hypothesis: str, run_id: str) -> str:
         """Write a results Dataset under ``probes/<hypothesis>/<run_id>``; returns the group path."""
         key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}"
-        with _quiet():
-            _vlen_strings(ds).to_zarr(self.path, group=key, mode="w", zarr_format=3, consolidated=False)
+        n = 1
+        while (self.path / key).exists():  # the same settings twice in one second: a new key, never a rewrite
+            n += 1
+            key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}-{n}"
+        try:
+            with _quiet():
+                _vlen_strings(ds).to_zarr(self.path, group=key, mode="w-", zarr_format=3, consolidated=False)
+        except BaseException:
+            shutil.rmtree(self.path / key, ignore_errors=True)  # no half-written results group
+            raise
         self.consolidate()
         return key
 

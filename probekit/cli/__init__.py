@@ -1,6 +1,7 @@
 """The ``probekit`` command: a typer app with one thin module per command.
 
-Errors raised on purpose (:class:`probekit.errors.ProbekitError`) print as one line
+Errors raised on purpose (:class:`probekit.errors.ProbekitError`) and click's usage errors
+(an unknown or missing option, a bad value, an unknown command) print as one line
 ``error: ...`` on stderr with exit code 2 (usage) or 1 (failure); any other
 exception prints one line too. ``--debug`` shows the traceback instead.
 """
@@ -64,16 +65,31 @@ def run(argv: list[str] | None = None) -> int:
         typer.echo("interrupted (an interrupted cache resumes when you rerun the same command)", err=True)
         return 130
     except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+        code = _click_error(exc)
+        if code is not None:
+            return code
         if debug:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         return 1
     return 0
+
+
+def _click_error(exc: Exception) -> int | None:
+    """Show an error of click (a bad or missing option, an unknown command) as one line and return
+    its exit code (2 for usage errors); None if ``exc`` is not click's.
+
+    Recent typer ships its own copy of click (``typer._click``), older ones use the click package:
+    both are recognised, through the module of ``typer.BadParameter`` and, if it is loaded, click's.
+    """
+    modules = {sys.modules.get(typer.BadParameter.__module__), sys.modules.get("click.exceptions")} - {None}
+    if not isinstance(exc, tuple(m.ClickException for m in modules)):
+        return None
+    if isinstance(exc, tuple(m.NoArgsIsHelpError for m in modules if hasattr(m, "NoArgsIsHelpError"))):
+        exc.show()  # a command run without arguments: its help
+    else:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+    return exc.exit_code
 
 
 def main() -> None:

@@ -1,10 +1,14 @@
-"""Shared CLI pieces: consoles, progress bars, option parsing."""
+"""Shared CLI pieces: consoles, progress bars, option parsing, checks of numeric options."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from typing import Iterator
+import math
+import operator
+from typing import Callable, Iterator
+
+import typer
 
 from probekit.errors import UsageError
 
@@ -58,17 +62,68 @@ def progress(description: str, total: int, unit: str = "it", *, enabled: bool = 
             bar.stop()
 
 
+# Numeric options. An integer option declares its range with typer's ``min=`` (``--help`` shows
+# it as ``x>=1``); a float option takes one of the callbacks below, since float parsing accepts
+# nan and inf and ``min=`` has no strict bound. Either way a bad value is a click usage error
+# that names the option: ``error: Invalid value for '--lr': must be > 0, got 0`` (exit 2).
+
+_BOUNDS = {"gt": (">", operator.gt), "ge": (">=", operator.ge), "lt": ("<", operator.lt), "le": ("<=", operator.le)}
+
+
+def finite_float(**bounds: float) -> Callable[[float | None], float | None]:
+    """A typer callback: the option's value is a finite number within ``bounds`` (``gt``, ``ge``,
+    ``lt``, ``le``, as in ``finite_float(ge=0, le=1)``); an unset optional value (None) passes."""
+    checks = [(*_BOUNDS[name], bound) for name, bound in bounds.items()]
+    rule = " and ".join(f"{sign} {bound:g}" for sign, _, bound in checks)
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number{' ' + rule if rule else ''}, got {value}")
+        if not all(holds(value, bound) for _, holds, bound in checks):
+            raise typer.BadParameter(f"must be {rule}, got {value:g}")
+        return value
+
+    return check
+
+
+def finite_floats(**bounds: float) -> Callable[[str | None], str | None]:
+    """:func:`finite_float` for a comma-separated list (``"0.5,1,2"``; ``""`` for none); the
+    option keeps its text."""
+    one = finite_float(**bounds)
+
+    def check(text: str | None) -> str | None:
+        for item in (text or "").split(","):
+            if item.strip():
+                try:
+                    number = float(item)
+                except ValueError:
+                    raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}") from None
+                one(number)
+        return text
+
+    return check
+
+
+positive = finite_float(gt=0)  # learning rates, standard deviations
+non_negative = finite_float(ge=0)  # penalties, clipping norms (0: none)
+fraction = finite_float(ge=0, le=1)  # shares and scores in [0, 1]
+open_fraction = finite_float(gt=0, lt=1)  # probabilities that must leave room on both sides
+
+
 def parse_options(items: list[str] | None) -> dict:
-    """``["lam=1e-3", "neumann_orders=6"]`` -> ``{"lam": 0.001, "neumann_orders": 6}`` (JSON values)."""
+    """``["lam=1e-3", "neumann_orders=6"]`` -> ``{"lam": 0.001, "neumann_orders": 6}`` (JSON values;
+    NaN and infinities are refused)."""
+    from probekit.tasks import json_value
+
     out = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"option {item!r} is not of the form key=value")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(raw)
-        except ValueError:
-            out[key.strip().replace("-", "_")] = raw
+        key = key.strip().replace("-", "_")
+        out[key] = json_value(raw, f"option {key!r}")
     return out
 
 

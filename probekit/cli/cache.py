@@ -20,11 +20,13 @@ def cache(
     out: Path = typer.Option(..., "--out", help="Store to write (a .zarr directory)."),
     task: Optional[str] = typer.Option(None, help="Task (default: the one the toy model was trained on)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
-    n_samples: int = typer.Option(2000, "--n-samples", "-n", help="Sequences to cache (with --text: at most)."),
+    n_samples: int = typer.Option(2000, "--n-samples", "-n", min=1,
+                                  help="Sequences to cache (with --text: at most)."),
     text: Optional[Path] = typer.Option(None, help="Prompts to cache instead of a task: .txt (one per line) or "
                                         ".jsonl ({\"text\": ...} per line), tokenised by the model."),
-    max_len: Optional[int] = typer.Option(None, "--max-len", help="With --text: truncate prompts to this many tokens."),
-    seed: int = typer.Option(1, help="Seed of the task samples (use one unseen in training)."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", min=1,
+                                          help="With --text: truncate prompts to this many tokens."),
+    seed: int = typer.Option(1, min=0, help="Seed of the task samples (use one unseen in training)."),
     site: Optional[List[str]] = typer.Option(None, "--site", help="Site to cache (repeatable; default resid): resid, "
                                              "attn_out, mlp_out, attn_pattern, or a TransformerLens hook name "
                                              "(blocks.3.hook_resid_post = resid layer 4; its whole site is cached)."),
@@ -33,8 +35,8 @@ def cache(
                                               help="Compute dtype of hf: models: float32, bfloat16 or float16."),
     random_init: bool = typer.Option(False, "--random-init", help="Also cache a random-init model of the same "
                                      "architecture (a probe baseline) into the store's random_init group."),
-    batch_size: int = typer.Option(256, help="Sequences per forward pass."),
-    block: Optional[int] = typer.Option(None, help="Samples per chunk (default: chunks of about 4 MB)."),
+    batch_size: int = typer.Option(256, min=1, help="Sequences per forward pass."),
+    block: Optional[int] = typer.Option(None, min=1, help="Samples per chunk (default: chunks of about 4 MB)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Cache the same inputs through every "
                                               "toy checkpoint of a training run into a checkpoint dim: a directory "

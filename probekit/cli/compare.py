@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import parse_options, print_json, progress, stderr_console, stdout_console
+from probekit.cli._common import (finite_floats, parse_options, print_json, progress, stderr_console,
+                                  stdout_console)
 
 
 @app.command()
@@ -18,12 +19,14 @@ def compare(
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Hypothesis option key=value."),
     task: Optional[str] = typer.Option(None, help="Task (default: the one the toy model was trained on)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
-    n_samples: int = typer.Option(10_000, "--n-samples", "-n", help="Held-out tasks."),
-    fit_samples: int = typer.Option(10_000, "--fit-samples", help="Tasks the algorithm's hyperparameters are fitted on."),
-    seed: int = typer.Option(5, help="Seed of the held-out tasks (the fitting tasks use seed + 1)."),
-    ood: str = typer.Option("0.5,0.75,1,1.5,2,3,4,5", help="Out-of-distribution scales of the task's "
-                            "ood parameter, comma-separated ('' for none)."),
-    ood_samples: int = typer.Option(2000, "--ood-samples", help="Tasks per out-of-distribution scale."),
+    n_samples: int = typer.Option(10_000, "--n-samples", "-n", min=2, help="Held-out tasks."),
+    fit_samples: int = typer.Option(10_000, "--fit-samples", min=1,
+                                    help="Tasks the algorithm's hyperparameters are fitted on."),
+    seed: int = typer.Option(5, min=0, help="Seed of the held-out tasks (the fitting tasks use seed + 1)."),
+    ood: str = typer.Option("0.5,0.75,1,1.5,2,3,4,5", callback=finite_floats(gt=0),
+                            help="Out-of-distribution scales (> 0) of the task's ood parameter, comma-separated "
+                            "('' for none)."),
+    ood_samples: int = typer.Option(2000, "--ood-samples", min=2, help="Tasks per out-of-distribution scale."),
     device: str = typer.Option("cpu", help="Device of the model: cpu, cuda, mps or auto."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: compare.<hypotheses>.png next to the model)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON instead of a table."),
@@ -34,6 +37,9 @@ def compare(
     from probekit.plugins import PluginHost
     from probekit.tasks import parse_params
 
+    from probekit import outputs
+
+    png = outputs.check_output(plot or _default_plot(model, hypothesis), outputs.FIGURE, option="--plot")
     host = PluginHost.default()
     try:
         scales = tuple(float(s) for s in ood.split(",") if s.strip())
@@ -50,7 +56,6 @@ def compare(
     with progress("compare", 1, "steps", enabled=not as_json) as update:
         results = run_compare(host, model, list(hypothesis), settings,
                               on_progress=lambda what, done, total: update(done, info=what, total=total))
-    png = plot or _default_plot(model, hypothesis)
     plot_compare(results, png)
     if as_json:
         import json

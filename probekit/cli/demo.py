@@ -14,9 +14,9 @@ from probekit.cli._common import progress, stderr_console, stdout_console
 @app.command()
 def demo(
     out: Path = typer.Option(Path("store/demo"), help="Directory for the checkpoint, store and plot."),
-    steps: int = typer.Option(3000, help="Training steps (3000 take about 2-3 minutes on 2 CPU cores)."),
-    n_samples: int = typer.Option(2000, "--n-samples", "-n", help="Held-out sequences to cache and probe."),
-    seed: int = typer.Option(0, help="Training seed."),
+    steps: int = typer.Option(3000, min=1, help="Training steps (3000 take about 2-3 minutes on 2 CPU cores)."),
+    n_samples: int = typer.Option(2000, "--n-samples", "-n", min=1, help="Held-out sequences to cache and probe."),
+    seed: int = typer.Option(0, min=0, help="Training seed."),
     fresh: bool = typer.Option(False, help="Retrain and recache even if earlier results exist."),
 ) -> None:
     """Train -> cache -> probe `rls` -> table + PNG, with the default settings."""
@@ -52,7 +52,7 @@ def demo(
         err.print(f"[1/3] training a {config.n_layers}-layer softmax transformer on lds "
                   f"(dim {task.params.dim}, length {task.params.length}) for {steps} steps")
         with progress("train lds", steps, "steps") as update:
-            train(task, config, settings, ckpt_dir,
+            train(task, config, settings, ckpt_dir, overwrite=True,
                   on_step=lambda s, loss: update(s, info=f"loss {loss:.4f}") if s % 10 == 0 or s == steps else None)
         fresh = True  # a new model invalidates the old store
     err.print(f"      final training loss {checkpoint.read(ckpt_dir).training['final_loss']:.4f}")

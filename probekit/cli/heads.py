@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import print_json, progress, stderr_console, stdout_console
+from probekit.cli._common import fraction, print_json, progress, stderr_console, stdout_console
 
 
 @app.command()
@@ -19,25 +19,28 @@ def heads(
                                               "and head scores through every toy checkpoint of a training run (a "
                                               "directory of them, e.g. OUT/checkpoints, or a glob) and locate the "
                                               "phase change."),
-    n_samples: int = typer.Option(200, "--n-samples", "-n", help="Repeated-token sequences for the pattern scores."),
-    segment: Optional[int] = typer.Option(None, help="R, tokens per repeated segment (default: min(50, what fits))."),
-    repeats: int = typer.Option(2, help="Copies of the segment."),
-    seed: int = typer.Option(0, help="Seed of the repeated tokens."),
+    n_samples: int = typer.Option(200, "--n-samples", "-n", min=1,
+                                  help="Repeated-token sequences for the pattern scores."),
+    segment: Optional[int] = typer.Option(None, min=2,
+                                          help="R, tokens per repeated segment (default: min(50, what fits))."),
+    repeats: int = typer.Option(2, min=2, help="Copies of the segment."),
+    seed: int = typer.Option(0, min=0, help="Seed of the repeated tokens."),
     task: Optional[str] = typer.Option(None, help="ICL-score data: a task (default: the toy model's own task; "
                                        "for other models, repeated random tokens)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
     text: Optional[Path] = typer.Option(None, help="ICL-score data: prompts from a .txt / .jsonl file (hf models)."),
-    max_len: Optional[int] = typer.Option(None, "--max-len", help="With --text: truncate prompts to this many tokens."),
-    icl_samples: int = typer.Option(2000, "--icl-samples", help="Sequences for the ICL score."),
-    late: Optional[int] = typer.Option(None, help="Late position of the ICL score (default 500, or 0.8 T)."),
-    early: Optional[int] = typer.Option(None, help="Early position of the ICL score (default 50, or 0.08 T)."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", min=1,
+                                          help="With --text: truncate prompts to this many tokens."),
+    icl_samples: int = typer.Option(2000, "--icl-samples", min=1, help="Sequences for the ICL score."),
+    late: Optional[int] = typer.Option(None, min=1, help="Late position of the ICL score (default 500, or 0.8 T)."),
+    early: Optional[int] = typer.Option(None, min=0, help="Early position of the ICL score (default 50, or 0.08 T)."),
     ablate: Optional[str] = typer.Option(None, help="Heads to ablate, e.g. 1.0,1.2 (blocks from 0), or "
                                          "'induction' (every head of blocks >= 1 with induction score >= --threshold)."),
     ablation: str = typer.Option("zero", help="Ablation: zero, or mean (each position's mean output)."),
-    threshold: float = typer.Option(0.5, help="Score from which a head counts as an induction (prev-token, "
-                                    "duplicate) head."),
-    batch_size: int = typer.Option(64, help="Sequences per forward pass."),
-    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
+    threshold: float = typer.Option(0.5, callback=fraction, help="Score (0 to 1) from which a head counts as an "
+                                    "induction (prev-token, duplicate) head."),
+    batch_size: int = typer.Option(64, min=1, help="Sequences per forward pass."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: heads.png in the toy model's directory, "
                                         "or dynamics.png in the run's; others: the working directory); the "
@@ -55,6 +58,9 @@ def heads(
 
     if bool(model) == bool(checkpoints):
         raise UsageError("pass either --model or --checkpoints")
+    from probekit import outputs
+
+    png = outputs.check_output(plot or _default_plot(model, checkpoints), outputs.FIGURE, option="--plot")
     if threads:
         import torch
 
@@ -76,7 +82,6 @@ def heads(
             ds = run_dynamics(host, checkpoints, settings, on_progress=on_progress)
         else:
             ds = run_heads(host, model, settings, on_progress=on_progress)
-    png = plot or _default_plot(model, checkpoints)
     if checkpoints:
         pngs = [report.plot_dynamics(ds, png)]
         payload, table = report.dynamics_json(ds), report.dynamics_table(ds)

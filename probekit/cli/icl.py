@@ -24,16 +24,21 @@ def icl(
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="float32, bfloat16 or float16 (hf:)."),
     plot: Path = typer.Option(Path("icl.png"), help="PNG to write."),
-    out: Optional[Path] = typer.Option(None, help="Also save the curve (per-prompt values) as a zarr store."),
+    out: Optional[Path] = typer.Option(None, help="Also save the curve (per-prompt values) as a zarr store: a new "
+                                       "path, or the curve of an earlier icl run (replaced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the curve as JSON instead of a table."),
 ) -> None:
     """Score P(correct answer) for n = 0..N in-context examples; fit logit P against n; compare with
     the task's ideal Bayesian observer."""
-    from probekit.icl import ICLSettings, icl_curve, icl_table, plot_icl
+    from probekit import outputs
+    from probekit.icl import ICLSettings, icl_curve, icl_table, plot_icl, save_curve
     from probekit.models.adapters import load_adapter
     from probekit.plugins import PluginHost
     from probekit.tasks import parse_params
 
+    outputs.check_output(plot, outputs.FIGURE, option="--plot")  # both outputs checked before any work
+    if out is not None:
+        outputs.check_output(out, outputs.CURVE)
     host = PluginHost.default()
     task_cls = host.tasks.get(task)
     task_obj = task_cls(**parse_params(task_cls.Params, param))
@@ -42,9 +47,9 @@ def icl(
     with progress("icl", 1, "n", enabled=not as_json) as update:
         res = icl_curve(adapter, task_obj, settings,
                         on_progress=lambda what, done, total: update(done, info=what, total=total))
-    plot_icl(res, plot)
     if out is not None:
-        res.to_zarr(out, mode="w", consolidated=False)
+        save_curve(res, out)
+    plot_icl(res, plot)
     if as_json:
         print_json({"attrs": dict(res.attrs), "n_examples": res.n_examples.values.tolist(),
                     "p_correct": res.p_correct.values.tolist(), "mean_logit": res.mean_logit.values.tolist(),

@@ -53,6 +53,7 @@ def patch(
         raise UsageError("give the prompt pairs with exactly one of --pairs FILE or --task NAME")
     if param and not task:
         raise UsageError("--param needs --task")
+    png = check_patch_outputs(out, plot)  # before any work
     host = PluginHost.default()
     if task:
         params = parse_params(host.tasks.get(task).Params, param)
@@ -66,17 +67,16 @@ def patch(
     with progress("patch", 1, "seq", enabled=not as_json) as update:
         results = run_patch(host, model, records, settings,
                             on_progress=lambda what, done, total: update(done, info=what, total=total))
-    saved, png = None, plot or Path("patch.png")
+    saved = None
+    plot_patch(results, png)
     if out is not None:
         store, group = save_patch(results, out)
         saved = f"{store}" + (f" (group {group})" if group else "")
-        if plot is None:
-            png = (out / "patch.png" if out.suffix != ".zarr"
-                   else store.with_name(f"{store.stem}.{group.replace('/', '-') or 'patch'}.png"))
-    plot_patch(results, png)
     payload = {**patch_json(results), "plot": str(png), "saved": saved}
     if out is not None and out.suffix != ".zarr":
-        (out / "patch.json").write_text(json.dumps(payload, indent=2) + "\n")
+        from probekit.outputs import write_text
+
+        write_text(out / "patch.json", json.dumps(payload, indent=2) + "\n")
     if as_json:
         print_json(payload)
         return
@@ -85,6 +85,25 @@ def patch(
     err.print(f"plot: [bold]{png}[/bold]")
     if saved:
         err.print(f"results: [bold]{saved}[/bold]")
+
+
+def check_patch_outputs(out: Path | None, plot: Path | None) -> Path:
+    """Refuse, before any work, outputs that would replace what patch did not make; returns the plot path.
+    ``--out`` is an existing probekit store (a new group in it), a new ``.zarr``, or a folder that
+    holds nothing of patch's but its own earlier ``patch.zarr``, ``patch.json`` and ``patch.png``."""
+    from probekit import outputs
+
+    png = plot or Path("patch.png")
+    if out is not None and out.suffix == ".zarr":
+        if outputs.describe(out) not in (outputs.STORE, outputs.PATCH):  # else: a new group in it
+            outputs.check_output(out, outputs.PATCH)
+        png = plot or out.with_name(f"{out.stem}.patch.png")
+    elif out is not None:
+        outputs.check_output(out, outputs.FOLDER)
+        outputs.check_output(out / "patch.zarr", outputs.PATCH)
+        outputs.check_output(out / "patch.json", outputs.REPORT)
+        png = plot or out / "patch.png"
+    return outputs.check_output(png, outputs.FIGURE, option="--plot")
 
 
 def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:

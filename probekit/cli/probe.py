@@ -45,16 +45,19 @@ def probe(
     from probekit.report import (best_target, checkpoint_table, plot_r2, plot_r2_by_position, plot_r2_vs_checkpoint,
                                  results_json, results_table)
 
+    from probekit import outputs
+    from probekit.probing import save_results
+
+    png = outputs.check_output(plot or default_plot_path(store, hypothesis), outputs.FIGURE, option="--plot")
     host = PluginHost.default()
     settings = ProbeSettings(n_folds=folds, seed=seed, sites=tuple(site) if site else None,
                              targets=tuple(target) if target else None, baselines=baselines, n_boot=n_boot,
                              per_pos=per_pos, null_model=null_model, device=device, options=parse_options(option))
     cluster = dask_executor(scheduler, workers) if (dask or scheduler) else contextlib.nullcontext(None)
     with cluster as executor, progress(f"probe {hypothesis}", 1, "layers", enabled=not as_json) as update:
-        results, key = run_probe(host, store, hypothesis, settings, executor=executor,
-                                 on_progress=lambda what, done, total: update(done, info=what, total=total))
-    png = plot or default_plot_path(store, hypothesis)
-    pngs = []
+        results, _ = run_probe(host, store, hypothesis, settings, executor=executor, write=False,
+                               on_progress=lambda what, done, total: update(done, info=what, total=total))
+    pngs = []  # the figures first: results are stored only when everything else has succeeded
     through_training = "checkpoint" in results.dims
     for s in results.site.values:
         path = png if len(results.site) == 1 else png.with_name(f"{png.stem}.{s}{png.suffix}")
@@ -69,6 +72,9 @@ def probe(
         if per_pos:
             pngs.append(plot_r2_by_position(results, path.with_name(f"{path.stem}.perpos{path.suffix}"),
                                             site=str(s), variable="r2_per_pos"))
+    from probekit.store import Store
+
+    key = save_results(Store(store), results, hypothesis, settings)
     if as_json:
         import json
 

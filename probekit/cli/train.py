@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import print_json, progress, stderr_console
+from probekit.cli._common import fraction, non_negative, positive, print_json, progress, stderr_console
 
 
 @app.command()
@@ -17,26 +17,32 @@ def train(
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
     model: str = typer.Option("softmax", "--model",
                               help="Toy-model preset: softmax, linear, attn-only, lsa, lsa-recurrent."),
-    steps: int = typer.Option(3000, help="Optimiser steps (fresh task samples each step)."),
+    steps: int = typer.Option(3000, min=1, help="Optimiser steps (fresh task samples each step)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
-    layers: Optional[int] = typer.Option(None, help="Override the preset's number of layers."),
-    width: Optional[int] = typer.Option(None, help="Override d_model."),
-    heads: Optional[int] = typer.Option(None, help="Override the number of heads."),
+    layers: Optional[int] = typer.Option(None, min=1, help="Override the preset's number of layers."),
+    width: Optional[int] = typer.Option(None, min=1, help="Override d_model."),
+    heads: Optional[int] = typer.Option(None, min=1, help="Override the number of heads."),
     attention: Optional[str] = typer.Option(None, help="Override attention: softmax or linear."),
     mlp: Optional[bool] = typer.Option(None, "--mlp/--no-mlp", help="Override: MLP blocks."),
     layernorm: Optional[bool] = typer.Option(None, "--layernorm/--no-layernorm", help="Override: LayerNorm."),
-    batch_size: int = typer.Option(128, help="Sequences per step."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
-    warmup: float = typer.Option(0.1, help="Fraction of the steps spent warming the learning rate up."),
-    init_std: Optional[float] = typer.Option(None, "--init-std", help="Std of the initial weights (default: the "
+    batch_size: int = typer.Option(128, min=1, help="Sequences per step."),
+    lr: float = typer.Option(2e-3, callback=positive, help="Peak learning rate (one-cycle schedule; > 0)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", callback=non_negative,
+                                       help="AdamW weight decay (>= 0)."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", callback=non_negative,
+                                    help="Clip the gradient norm to this (0: no clipping)."),
+    warmup: float = typer.Option(0.1, callback=fraction,
+                                 help="Fraction of the steps spent warming the learning rate up (0 to 1)."),
+    init_std: Optional[float] = typer.Option(None, "--init-std", callback=positive,
+                                             help="Std of the initial weights (> 0; default: the "
                                              "preset's; 0.002/layers for lsa)."),
-    seed: int = typer.Option(0, help="Seed for initialisation and data: same seed, same weights."),
-    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default)."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every",
+    seed: int = typer.Option(0, min=0, help="Seed for initialisation and data: same seed, same weights."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0,
                                          help="Also keep checkpoints every K steps (and at step 0) under OUT/checkpoints/."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    overwrite: bool = typer.Option(False, help="Replace the checkpoint already in OUT (kept until the new one "
+                                   "is complete). Anything else in OUT is never replaced."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
 ) -> None:
     """Train a toy transformer on TASK with fresh samples every step."""
@@ -47,6 +53,9 @@ def train(
     from probekit.plugins import PluginHost
     from probekit.tasks import parse_params
 
+    from probekit import outputs
+
+    outputs.check_output(out, outputs.CHECKPOINT, replace=overwrite)  # before any work
     host = PluginHost.default()
     task_cls = host.tasks.get(task)
     task_obj = task_cls(**parse_params(task_cls.Params, param))
@@ -60,7 +69,8 @@ def train(
             if step % 10 == 0 or step == steps:
                 update(step, info=f"loss {loss:.4g}")
 
-        path = run_train(task_obj, config, settings, out, device=resolve_device(device), on_step=on_step)
+        path = run_train(task_obj, config, settings, out, device=resolve_device(device), on_step=on_step,
+                         overwrite=overwrite)
     from probekit.models.checkpoint import read
 
     info = read(path).training

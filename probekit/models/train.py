@@ -89,6 +89,7 @@ def train(
     device: str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
     log_every: int = 50,
+    overwrite: bool = False,
 ) -> Path:
     """Train from scratch, save a checkpoint in ``out``, and return its path.
 
@@ -98,7 +99,24 @@ def train(
 
     The same ``settings.seed`` gives the same weights: the initialisation and every
     step's data are drawn from it.
+
+    ``out`` must be absent, an empty folder, or (with ``overwrite``) a probekit toy
+    checkpoint, which is replaced only once the new one is complete. A failed or interrupted
+    run removes what it wrote.
     """
+    from probekit import outputs
+
+    out = outputs.check_output(out, outputs.CHECKPOINT, replace=overwrite)
+    kwargs = {"device": device, "on_step": on_step, "log_every": log_every}
+    if outputs.describe(out) == outputs.CHECKPOINT:
+        with outputs.replacing(out) as stage:
+            _train(task, config, settings, stage, **kwargs)
+        return out
+    with outputs.made_here(out):
+        return _train(task, config, settings, out, **kwargs)
+
+
+def _train(task: Task, config: ToyConfig, settings: TrainSettings, out: Path, *, device, on_step, log_every) -> Path:
     import torch
 
     from probekit.models.toy import build_model

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,7 +89,8 @@ class Task:
 def parse_params(params_cls: type, items: list[str] | None) -> dict:
     """Parse ``["dim=5", "sigma=0.01"]`` into typed keyword arguments of a Params dataclass.
 
-    Values are read as JSON when possible (numbers, booleans, lists), else kept as strings.
+    Values are read as JSON when possible (numbers, booleans, lists), else kept as strings;
+    NaN and infinities are refused.
     """
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
     out: dict[str, Any] = {}
@@ -99,10 +101,7 @@ def parse_params(params_cls: type, items: list[str] | None) -> dict:
             raise UsageError(f"parameter {item!r} is not of the form key=value")
         if key not in fields:
             raise UsageError(f"unknown parameter {key!r}; choose from: {', '.join(sorted(fields))}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
+        value = json_value(raw, f"parameter {key!r}")
         default = fields[key].default
         if isinstance(default, bool) and not isinstance(value, bool):
             raise UsageError(f"parameter {key!r} must be true or false, got {raw!r}")
@@ -113,3 +112,27 @@ def parse_params(params_cls: type, items: list[str] | None) -> dict:
                 raise UsageError(f"parameter {key!r} must be a {type(default).__name__}, got {raw!r}")
         out[key] = value
     return out
+
+
+def json_value(raw: str, what: str) -> Any:
+    """``raw`` read as JSON when it is JSON (``"3"`` -> 3, ``"[1, 2]"`` -> [1, 2]), else the string
+    itself. A non-finite number anywhere in it (JSON's ``NaN``, ``Infinity``, ``1e999``) is a
+    :class:`UsageError` naming ``what``, e.g. ``parameter 'sigma'``."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    if not _finite(value):
+        kind = "be a finite number" if isinstance(value, float) else "hold finite numbers only"
+        raise UsageError(f"{what} must {kind}, got {raw!r}")
+    return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
