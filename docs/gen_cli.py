@@ -20,7 +20,11 @@ HEADER = """# CLI reference
      Regenerate with `python docs/gen_cli.py`; tests/test_docs.py fails when this page is stale. -->
 
 Every command also answers `--help`. Errors print one line, `error: ...`, with exit code 2
-for a usage error and 1 for a failure; `probekit --debug <command> ...` shows the traceback.
+for a usage error (an unknown command, option or name, a missing option, a bad value) and 1 for
+a failure; `probekit --debug <command> ...` shows the traceback. Numbers are checked before any
+work: an integer option's range is shown below (`x>=1`), a float option says its range in its
+help, and NaN and infinities are refused everywhere, in task parameters (`-p`) and hypothesis
+options (`-o`) too.
 """
 
 

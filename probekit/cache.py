@@ -221,7 +221,16 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
             with outputs.replacing(store.path) as stage:
                 _run(host, dataclasses.replace(req, out=str(stage)), task, adapter, refs, True, on_progress, on_start)
             return Store(store.path)
-        return _run(host, req, task, adapter, refs, False, on_progress, on_start)
+        try:
+            return _run(host, req, task, adapter, refs, False, on_progress, on_start)
+        except Exception as exc:
+            if not _any_block_done(store):
+                raise  # and made_here removes what it made
+            done = len(store.blocks_done())
+            kept = StoreError(f"{_one_line(exc)}; the {done} finished block{'s' * (done != 1)} of {store.path} "
+                              "are kept: rerun the same command to resume")
+            kept.exit_code = getattr(exc, "exit_code", 1)
+            raise kept from exc
 
 
 def _prepare(host, req: CacheRequest):
@@ -289,6 +298,13 @@ def _preflight(req: CacheRequest, task, adapter, sample) -> None:
     for site in req.sites:
         _to_store_dtype(site, acts[site], req.dtype)
     _outputs(req, np.asarray(out))
+
+
+def _one_line(exc: Exception) -> str:
+    from probekit.errors import ProbekitError
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return first if isinstance(exc, ProbekitError) else f"{type(exc).__name__}: {first}"
 
 
 def _short_params(params: dict) -> str:

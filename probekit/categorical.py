@@ -24,7 +24,12 @@ def gather_rows(arr, layer: int, mask: np.ndarray) -> np.ndarray:
     for s0 in range(0, arr.shape[0], block):
         m = mask[s0 : s0 + block]
         if m.any():
-            parts.append(np.asarray(arr[s0 : s0 + block, layer], dtype=np.float32)[m])
+            try:
+                parts.append(np.asarray(arr[s0 : s0 + block, layer], dtype=np.float32)[m])
+            except (ValueError, RuntimeError, OSError, TypeError) as exc:  # crc32c mismatch, truncated chunk
+                from probekit.integrity import read_error
+
+                raise read_error(arr, layer, s0, min(arr.shape[0], s0 + block), exc) from exc
     return np.concatenate(parts) if parts else np.zeros((0, arr.shape[-1]), np.float32)
 
 

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-from probekit.errors import UsageError
+from probekit.errors import ProbekitError, UsageError
 
 STORE = "a probekit store"
 CHECKPOINT = "a probekit toy checkpoint"
@@ -40,7 +40,11 @@ _OLD = ".probekit-old-"
 
 
 class OutputError(UsageError):
-    """An output path holds something the command did not make (or cannot be written)."""
+    """An output path holds something the command did not make."""
+
+
+class UnwritableError(ProbekitError):
+    """An output path cannot be written (a read-only disk, no permission): a failure, exit 1."""
 
 
 def describe(path: Path) -> str | None:
@@ -85,6 +89,7 @@ def check_output(path, kind: str, *, replace: bool = False, option: str = "--out
     if kind == FIGURE and path.suffix.lower() not in FIGURE_SUFFIXES:
         raise OutputError(f"{option} {path}: a figure is written as {', '.join(FIGURE_SUFFIXES)}; "
                           f"{path.suffix or 'no suffix'} is not one")
+    check_writable(path, option)
     there = describe(path)
     if there is None or there == "an empty folder" and kind not in (FIGURE, REPORT):
         return path
@@ -98,6 +103,21 @@ def check_output(path, kind: str, *, replace: bool = False, option: str = "--out
         raise OutputError(f"{option} {path} already holds {kind}; pass --overwrite to replace it "
                           "(it is kept until the new one is complete)")
     raise OutputError(f"{option} {path} holds {there}, not {kind}; refusing to overwrite it: choose another path")
+
+
+def check_writable(path, option: str = "--out") -> None:
+    """Refuse, before any work, a path whose nearest existing folder cannot be written (a
+    read-only disk, no permission): one file is created there and removed."""
+    import tempfile
+
+    path = Path(path)
+    where = next((p for p in (path, *path.parents) if p.is_dir()), Path("."))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probekit-write-test-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UnwritableError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})") from None
 
 
 def enclosing_store(path: Path) -> Path | None:

@@ -143,8 +143,15 @@ def _source(store: Store, group: str | None, site: str, checkpoint: int | None =
 
 
 def _read(src: tuple, layer: int, s0: int, s1: int) -> np.ndarray:
-    """One chunk: activations ``[s1 - s0, pos, feature]`` of one layer, as float32."""
-    return np.asarray(_array(*src)[s0:s1, layer], dtype=np.float32)
+    """One chunk: activations ``[s1 - s0, pos, feature]`` of one layer, as float32. A chunk zarr
+    cannot decode (crc32c mismatch, truncated) is a :class:`StoreError` naming it."""
+    arr = _array(*src)
+    try:
+        return np.asarray(arr[s0:s1, layer], dtype=np.float32)
+    except (ValueError, RuntimeError, OSError, TypeError) as exc:
+        from probekit.integrity import read_error
+
+        raise read_error(arr, layer, s0, s1, exc) from exc
 
 
 def accumulate_block(src, layer, s0, s1, mask, y, fold, n_folds, shift, per_pos, device="cpu") -> dict:
@@ -200,6 +207,7 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
             f"{store.path} is incomplete ({len(store.blocks_done())} blocks cached); "
             "rerun the same probekit cache command to resume it"
         )
+    store.check_chunks()  # a missing chunk would read as zeros
     ds = store.dataset()
     schema.assert_valid_store(ds, str(store.path))
     hyp = construct("hypothesis", hypothesis, host.hypotheses.get(hypothesis), settings.options)
@@ -232,6 +240,7 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     if settings.baselines:
         conditions.append("shuffled")
         if store.is_complete(schema.RANDOM_INIT_GROUP):
+            store.check_chunks(schema.RANDOM_INIT_GROUP)
             conditions.append("random_init")
     weights = scoring.bootstrap_weights(n, settings.n_boot, settings.seed) if settings.n_boot else None
 

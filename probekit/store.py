@@ -38,6 +38,14 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _checksummed(ds) -> dict:
+    """``to_zarr`` encoding that appends the crc32c codec to every variable's compressors (zarr's
+    default, zstd, before it): each chunk is checked whenever it is read."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return {name: {**v.encoding, "compressors": [ZstdCodec(), Crc32cCodec()]} for name, v in ds.variables.items()}
+
+
 def _vlen_strings(ds):
     """Store text as zarr v3 variable-length strings: fixed-width UTF-32 has no v3 specification."""
     kinds = {name: v for name, v in ds.variables.items() if v.dtype.kind == "U"}
@@ -61,8 +69,10 @@ class Store:
         return (self.path / "zarr.json").is_file()
 
     @classmethod
-    def create(cls, path, base) -> "Store":
-        """Create a store whose root holds ``base`` (an ``xr.Dataset``) and its attrs.
+    def create(cls, path, base, *, checksum: bool = True) -> "Store":
+        """Create a store whose root holds ``base`` (an ``xr.Dataset``) and its attrs. Every chunk
+        is written, even one equal to the fill value (so a missing chunk means damage); with
+        ``checksum`` every variable carries the crc32c codec.
 
         Refuses any existing path but an empty folder: a store is replaced only by building
         the new one beside it and swapping it in (:func:`probekit.outputs.replacing`).
@@ -72,7 +82,9 @@ class Store:
             raise StoreError(f"{store.path} already exists; refusing to write a new store over it")
         store.path.parent.mkdir(parents=True, exist_ok=True)
         with _quiet():
-            _vlen_strings(base).to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False)
+            base = _vlen_strings(base)
+            base.to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False, write_empty_chunks=True,
+                         encoding=_checksummed(base) if checksum else None)
         store.consolidate()
         return store
 
@@ -87,7 +99,8 @@ class Store:
         try:
             attrs = store.attrs()
         except Exception as exc:
-            raise StoreError(f"{store.path} is not readable as a zarr store: {exc}") from exc
+            raise StoreError(f"{store.path}/zarr.json is not readable zarr metadata ({str(exc).splitlines()[0][:80]}); "
+                             f"if this is a probekit store it is damaged: run probekit verify {store.path}") from exc
         if "probekit_format" not in attrs:
             raise StoreError(f"{store.path} is a zarr store but not a probekit store (no probekit_format attribute)")
         return store
@@ -145,12 +158,14 @@ class Store:
         dims: tuple[str, ...] = schema.ACTIVATION_DIMS,
         group: str | None = None,
         attrs: dict | None = None,
+        checksum: bool = True,
     ):
         """Pre-size an activation array ``(sample, layer or block, ...)``, or
         ``(checkpoint, sample, layer or block, ...)`` in a store of several checkpoints.
 
         One chunk is ``(block, 1, ...everything else)`` (after a leading 1 for the
-        checkpoint): one layer of one sample block, a single contiguous read.
+        checkpoint): one layer of one sample block, a single contiguous read. With ``checksum``
+        each chunk carries a crc32c, checked on every read (bit rot, truncation).
         """
         if dtype not in schema.STORE_DTYPES:
             raise StoreError(f"unsupported store dtype {dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
@@ -167,20 +182,21 @@ class Store:
             dimension_names=tuple(dims),
             fill_value=0,
             attributes=attrs or {},
-            compressors=None,  # activations barely compress (measured: 1% with zstd) and it halves write speed
+            # activations barely compress (measured: 1% with zstd) and it halves write speed
+            compressors=_checksum_codecs(checksum, compress=False),
             overwrite=True,
         )
 
-    def create_variable(self, name, shape, dims, *, dtype, chunks, group=None, attrs=None):
+    def create_variable(self, name, shape, dims, *, dtype, chunks, group=None, attrs=None, checksum: bool = True):
         """Pre-size any other per-sample variable (e.g. model outputs). Float variables (logits)
         are stored uncompressed like activations; integer and boolean ones (tokens, masks) with
-        zarr's default compressor."""
+        zarr's default compressor (zstd). ``checksum`` appends the crc32c codec."""
         zarr = _zarr()
         g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
-        raw = {"compressors": None} if np.dtype(dtype).kind == "f" else {}
         return g.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
-            fill_value=0, attributes=attrs or {}, overwrite=True, **raw,
+            fill_value=0, attributes=attrs or {}, overwrite=True,
+            compressors=_checksum_codecs(checksum, compress=np.dtype(dtype).kind != "f"),
         )
 
     def writable(self, names, group: str | None = None) -> dict:
@@ -205,7 +221,12 @@ class Store:
 
     def blocks_done(self, group: str | None = None) -> set:
         """Completed units: sample block indices, or ``(checkpoint, block)`` pairs."""
-        return {tuple(u) if isinstance(u, list) else u for u in self.attrs(group).get(schema.MANIFEST_ATTR, [])}
+        from probekit.integrity import damaged, manifest_units
+
+        try:
+            return manifest_units(self.attrs(group).get(schema.MANIFEST_ATTR, []))
+        except ValueError as exc:
+            raise damaged(self.path, f"the manifest of group {group or '/'} is malformed ({exc})") from None
 
     def mark_block_done(self, index, group: str | None = None) -> None:
         """Record sample block ``index`` (an int, or a ``(checkpoint, block)`` pair) as written."""
@@ -223,6 +244,14 @@ class Store:
             return False
         units = -(-n // block) * attrs.get(schema.N_CHECKPOINTS_ATTR, 1)
         return len(self.blocks_done(group)) >= units
+
+    def check_chunks(self, group: str | None = None, names=None) -> None:
+        """Raise :class:`StoreError` if a chunk of a finished sample block of the group's sites and
+        model outputs (or of ``names``) is missing, or its metadata is unreadable: zarr would read
+        a missing chunk as zeros. Lists files, reads no data (:func:`probekit.integrity.check_chunks`)."""
+        from probekit.integrity import check_chunks
+
+        check_chunks(self, group, names)
 
     def consolidate(self) -> None:
         zarr = _zarr()
@@ -291,6 +320,15 @@ class Store:
             yield
         finally:
             self.lock_path.unlink(missing_ok=True)
+
+
+def _checksum_codecs(checksum: bool, *, compress: bool):
+    """``compressors=`` of a new array: zstd (zarr's default) if ``compress``, then crc32c if ``checksum``."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    codecs = [ZstdCodec()] if compress else []
+    codecs += [Crc32cCodec()] if checksum else []
+    return codecs or None
 
 
 def _read_lock(path: Path) -> dict:

@@ -102,17 +102,17 @@ def test_debug_shows_the_traceback():
 
 @pytest.mark.parametrize("args, message", [
     (["--dtype", "bfloat16"], "error: unknown dtype 'bfloat16'; choose from: float16, float32"),
-    (["-n", "0"], "error: --n-samples must be >= 1"),
+    (["-n", "0"], "error: Invalid value for '--n-samples' / '-n': "),  # typer's range check, read with the line
 ])
 def test_cache_option_errors_are_one_line(capsys, tmp_path, trained, args, message):
     code, _, err = cli(capsys, "cache", "--model", f"toy:{trained}", "--out", str(tmp_path / "s.zarr"), *args)
-    assert code == 2 and err.strip() == message
+    assert code == 2 and "\n" not in err.strip() and err.startswith(message)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--folds", "2"], "folds must be >= 3"),
-    (["--n-boot", "-5"], "n_boot must be >= 0"),
+    (["--folds", "2"], "folds must be >= 3, got 2"),
+    (["--n-boot", "-5"], "Invalid value for '--n-boot': "),
 ])
 def test_probe_option_errors_are_one_line(capsys, tmp_path, args, message):
     code, _, err = cli(capsys, "probe", str(tmp_path / "none.zarr"), "-H", "rls", *args)
-    assert code == 2 and "\n" not in err.strip() and err.strip().startswith(f"error: {message}, got {args[1]}")
+    assert code == 2 and "\n" not in err.strip() and err.strip().startswith(f"error: {message}")

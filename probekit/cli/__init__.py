@@ -38,9 +38,9 @@ def _root(
     """probekit: cache activations to zarr, probe them per layer against pluggable hypotheses."""
 
 
-from probekit.cli import cache, compare, demo, heads, icl, patch, plugins, probe, train  # noqa: E402  (commands register on `app`)
+from probekit.cli import cache, compare, demo, heads, icl, patch, plugins, probe, train, verify  # noqa: E402  (commands register on `app`)
 
-__all__ = ["app", "main", "run", "cache", "compare", "demo", "icl", "heads", "patch", "plugins", "probe", "train"]
+__all__ = ["app", "main", "run", "cache", "compare", "demo", "icl", "heads", "patch", "plugins", "probe", "train", "verify"]
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -70,19 +70,21 @@ def progress(description: str, total: int, unit: str = "it", *, enabled: bool = 
 _BOUNDS = {"gt": (">", operator.gt), "ge": (">=", operator.ge), "lt": ("<", operator.lt), "le": ("<=", operator.le)}
 
 
+def _within(bounds: dict[str, float]) -> tuple[Callable[[float], bool], str]:
+    """A test that a number is finite and within ``bounds``, and the bounds in words (" > 0")."""
+    checks = [(*_BOUNDS[name], bound) for name, bound in bounds.items()]
+    rule = "".join(f"{' and' if i else ''} {sign} {bound:g}" for i, (sign, _, bound) in enumerate(checks))
+    return (lambda x: math.isfinite(x) and all(holds(x, bound) for _, holds, bound in checks)), rule
+
+
 def finite_float(**bounds: float) -> Callable[[float | None], float | None]:
     """A typer callback: the option's value is a finite number within ``bounds`` (``gt``, ``ge``,
     ``lt``, ``le``, as in ``finite_float(ge=0, le=1)``); an unset optional value (None) passes."""
-    checks = [(*_BOUNDS[name], bound) for name, bound in bounds.items()]
-    rule = " and ".join(f"{sign} {bound:g}" for sign, _, bound in checks)
+    ok, rule = _within(bounds)
 
     def check(value: float | None) -> float | None:
-        if value is None:
-            return None
-        if not math.isfinite(value):
-            raise typer.BadParameter(f"must be a finite number{' ' + rule if rule else ''}, got {value}")
-        if not all(holds(value, bound) for _, holds, bound in checks):
-            raise typer.BadParameter(f"must be {rule}, got {value:g}")
+        if value is not None and not ok(value):
+            raise typer.BadParameter(f"must be a finite number{rule}, got {value:g}")
         return value
 
     return check
@@ -91,16 +93,17 @@ def finite_float(**bounds: float) -> Callable[[float | None], float | None]:
 def finite_floats(**bounds: float) -> Callable[[str | None], str | None]:
     """:func:`finite_float` for a comma-separated list (``"0.5,1,2"``; ``""`` for none); the
     option keeps its text."""
-    one = finite_float(**bounds)
+    ok, rule = _within(bounds)
+
+    def number_ok(item: str) -> bool:
+        try:
+            return ok(float(item))
+        except ValueError:
+            return False
 
     def check(text: str | None) -> str | None:
-        for item in (text or "").split(","):
-            if item.strip():
-                try:
-                    number = float(item)
-                except ValueError:
-                    raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}") from None
-                one(number)
+        if not all(number_ok(item) for item in (text or "").split(",") if item.strip()):
+            raise typer.BadParameter(f"must be comma-separated finite numbers{rule}, got {text!r}")
         return text
 
     return check

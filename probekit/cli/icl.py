@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import print_json, progress, stderr_console, stdout_console
+from probekit.cli._common import open_fraction, print_json, progress, stderr_console, stdout_console
 
 
 @app.command()
@@ -16,11 +16,12 @@ def icl(
     model: str = typer.Option(..., "--model", help="Model with a tokenizer, e.g. hf:path/to/model."),
     task: str = typer.Option("affine-prompts", help="Prompt task (one with prompts(n, count, seed))."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
-    count: int = typer.Option(50, help="Prompts per number of examples."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Largest n (default: the task's)."),
-    epsilon: float = typer.Option(0.05, help="Noise level of the ideal Bayesian observer."),
-    seed: int = typer.Option(0, help="Seed of the prompts."),
-    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+    count: int = typer.Option(50, min=1, help="Prompts per number of examples."),
+    max_examples: Optional[int] = typer.Option(None, "--max-examples", min=0, help="Largest n (default: the task's)."),
+    epsilon: float = typer.Option(0.05, callback=open_fraction,
+                                  help="Noise level of the ideal Bayesian observer (between 0 and 1)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the prompts."),
+    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="float32, bfloat16 or float16 (hf:)."),
     plot: Path = typer.Option(Path("icl.png"), help="PNG to write."),

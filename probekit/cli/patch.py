@@ -20,8 +20,8 @@ def patch(
                                          "prompt without, \"answer\": ...}: text, or token id lists."),
     task: Optional[str] = typer.Option(None, help="Take the pairs from a task that has prompt_pairs(n, seed)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
-    n_pairs: int = typer.Option(50, "--n-pairs", "-n", help="With --task: pairs to make."),
-    seed: int = typer.Option(0, help="With --task: seed of the pairs."),
+    n_pairs: int = typer.Option(50, "--n-pairs", "-n", min=1, help="With --task: pairs to make."),
+    seed: int = typer.Option(0, min=0, help="With --task: seed of the pairs."),
     ablate_heads: str = typer.Option("", "--ablate-heads", help="Heads to ablate in run A: L.H or L.* (every head "
                                      "of block L), comma-separated; blocks from 0 as in TransformerLens."),
     ablate_layers: str = typer.Option("", "--ablate-layers", help="Whole blocks to ablate in run A (their output := "
@@ -30,7 +30,7 @@ def patch(
                                  "prompts)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Resid layers to patch, comma-separated "
                                          "(default all; 0 = embeddings)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sequences per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="Compute dtype of hf: models: float32, "
                                               "bfloat16 or float16."),

@@ -24,16 +24,16 @@ def probe(
     site: Optional[List[str]] = typer.Option(None, "--site", help="Sites to probe (default: all cached)."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to probe (default: all)."),
     folds: int = typer.Option(5, help="Cross-validation folds, grouped by sample."),
-    seed: int = typer.Option(0, help="Seed of the folds and of the shuffled baseline."),
+    seed: int = typer.Option(0, min=0, help="Seed of the folds and of the shuffled baseline."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Shuffled-target and random-init baselines."),
     per_pos: bool = typer.Option(False, "--per-pos", help="Also fit a separate probe at every position."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of samples for R² CIs (0: none)."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples of samples for R² CIs (0: none)."),
     null_model: bool = typer.Option(True, "--null-model/--no-null-model",
                                     help="Let the nested CV choose the intercept-only model (alpha inf, R² 0)."),
     device: str = typer.Option("cpu", help="Device of the probe arithmetic: cpu or cuda."),
     dask: bool = typer.Option(False, "--dask", help="Sum per-chunk statistics on a dask cluster."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler (implies --dask)."),
-    workers: int = typer.Option(2, help="Worker processes of the local dask cluster."),
+    workers: int = typer.Option(2, min=1, help="Worker processes of the local dask cluster."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: next to the store)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON records instead of a table."),
 ) -> None:
@@ -49,6 +49,7 @@ def probe(
     from probekit.probing import save_results
 
     png = outputs.check_output(plot or default_plot_path(store, hypothesis), outputs.FIGURE, option="--plot")
+    outputs.check_writable(store, option="STORE")  # the results are stored in it
     host = PluginHost.default()
     settings = ProbeSettings(n_folds=folds, seed=seed, sites=tuple(site) if site else None,
                              targets=tuple(target) if target else None, baselines=baselines, n_boot=n_boot,
