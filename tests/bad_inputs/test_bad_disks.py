@@ -86,16 +86,14 @@ def test_a_cache_that_runs_out_of_space_mid_run_keeps_its_blocks_to_resume(small
     from probekit import cache
 
     monkeypatch.setattr(cache, "check_disk", lambda path, needed: 10**12)  # as if another job filled the disk
-    disk = small_disk("400k")
+    disk = small_disk("2m")
     code = run(["cache", "--model", "toy:model", "--out", disk / "s.zarr", "-n", "3000", "--block", "100"])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
     store = Store(disk / "s.zarr")
-    if store.exists() and store.blocks_done():
-        assert "rerun the same command to resume" in lines[0]
-    else:  # it failed before its first block: nothing is left
-        assert not (disk / "s.zarr").exists()
+    assert "No space left" in lines[0] and "rerun the same command to resume" in lines[0], lines[0]
+    assert 0 < len(store.blocks_done()) < 30  # the finished blocks, resumable where space is freed
 
 
 @pytest.mark.parametrize("argv", [
@@ -110,3 +108,17 @@ def test_a_read_only_disk_is_refused_before_any_work(small_disk, workdir, tiny_s
     before = snapshot(workdir)
     assert_clean_failure(capsys, [a.format(disk=disk) for a in argv], 1, disk, match="cannot write")
     assert snapshot(workdir) == before  # not even the plot outside the disk
+
+
+def test_a_cache_that_runs_out_of_space_before_its_first_block_leaves_nothing(small_disk, workdir, capsys,
+                                                                             monkeypatch):
+    from probekit import cache
+
+    monkeypatch.setattr(cache, "check_disk", lambda path, needed: 10**12)
+    disk = small_disk("400k")  # the task inputs alone do not fit
+    before = snapshot(disk)
+    code = run(["cache", "--model", "toy:model", "--out", disk / "runs" / "s.zarr", "-n", "3000", "--block", "100"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "No space left" in lines[0], err
+    assert snapshot(disk) == before  # neither the store nor the folder made for it
