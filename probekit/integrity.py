@@ -246,7 +246,7 @@ def verify_store(path, on_progress: Callable[[int, int, str], None] | None = Non
     report = _Report(root)
     for rel, (meta, why) in nodes.items():
         if why:
-            report.add(*_split(rel), 0, DAMAGED, f"{_file(rel)} is {why}", problem=f"{_file(rel)} is {why}")
+            report.add(*_split(rel), 0, DAMAGED, f"{_file(rel)} is {why}", [f"{_file(rel)} is {why}"])
     arrays = {}
     for rel, (meta, why) in nodes.items():
         if meta and meta["node_type"] == "array":
@@ -269,14 +269,15 @@ class _Report:
     def __init__(self, root: Path):
         self.root, self.rows, self.problems, self.incomplete = root, [], [], []
 
-    def add(self, group: str, variable: str, chunks: int, status: str, detail: str, problem: str = "") -> None:
-        """One row; a damaged one is also a problem (``problem``, or the row in words)."""
+    def add(self, group: str, variable: str, chunks: int, status: str, detail: str,
+            problems: list[str] | None = None) -> None:
+        """One row; a damaged one also counts as ``problems`` (default: the row, in words)."""
         self.rows.append({"group": group, "variable": variable, "chunks": chunks, "status": status,
                           "detail": detail})
         where = (f"the manifest of {'the root' if group == '/' else group}" if variable == "manifest"
                  else variable if group == "/" else f"{group}/{variable}")
         if status == DAMAGED:
-            self.problems.append(problem or f"{where}: {detail.split('; ')[0]}")
+            self.problems += problems or [f"{where}: {detail}"]
         elif status == INCOMPLETE:
             self.incomplete.append(f"{where}: {detail}")
 
@@ -381,8 +382,8 @@ def _verify_array(root: Path, rel: str, arr, done: set | None, report: _Report, 
     notes = [f"{absent} chunks absent (read as the fill value)"] if absent else []
     crc = "crc32c ok" if has_checksum(arr) else "no checksum"
     if problems:
-        report.add(group, name, n, DAMAGED, "; ".join(problems[:3] + ([f"{len(problems) - 3} more"]
-                                                                      if len(problems) > 3 else [])))
+        shown = problems[:3] + ([f"{len(problems) - 3} more"] if len(problems) > 3 else [])
+        report.add(group, name, n, DAMAGED, "; ".join(shown), [f"{rel}: {p}" for p in problems])
     elif pending:
         report.add(group, name, n, INCOMPLETE, f"{pending} chunks of unfinished blocks not written yet")
     else:

@@ -59,6 +59,8 @@ def describe(path: Path) -> str | None:
     if not path.is_dir():
         return "something that is neither a file nor a folder"
     meta = _zarr_meta(path)
+    if meta == {}:
+        return f"a zarr node whose zarr.json is unreadable (damaged? try: probekit verify {path})"
     if meta is not None:
         if meta.get("node_type") == "array":
             return "a zarr array" + _inside(path)
@@ -243,9 +245,9 @@ def _zarr_meta(path: Path) -> dict | None:
         return None
     try:
         out = json.loads(meta.read_text())
-        return out if isinstance(out, dict) else {}
     except (OSError, ValueError):
-        return {}
+        return {}  # present but unreadable
+    return out if isinstance(out, dict) and out else {}
 
 
 def _inside(path: Path) -> str:
