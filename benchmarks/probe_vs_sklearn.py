@@ -7,6 +7,9 @@ one streaming pass of Gram statistics and one eigh per training set; scikit-lear
 ``RidgeCV()`` without ``cv`` is the efficient leave-one-out shortcut: fast, but it
 leaks between positions of one group, so it is shown for time only. Then probekit alone:
 how time scales with alphas and targets, and peak memory, each in a fresh subprocess.
+Last, the rows as `probekit probe` reads them: stored as a float16 activation array (one
+chunk per sample block, as `probekit cache` writes it) with the crc32c checksum codec (the
+default) and without it, every chunk read back alternately: what checksums cost a probe.
 
     python benchmarks/probe_vs_sklearn.py            # 2000 groups x 50 positions, 768 features
     python benchmarks/probe_vs_sklearn.py --quick    # seconds
@@ -134,6 +137,39 @@ def run_child(base: dict, **over) -> dict:
     return {**cfg, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+def store_read_times(X, groups, positions, repeat=3) -> dict:
+    """Seconds to read every chunk of ``X`` stored as probekit stores it (``(sample, layer, pos,
+    feature)`` float16, one sample block per chunk), read back as float32 like a probe does:
+    ``{True: with crc32c, False: without}``, the fastest of ``repeat`` alternate reads."""
+    import tempfile
+    from pathlib import Path
+
+    from probekit.cache import sample_block
+    from probekit.store import Store
+
+    d = X.shape[1]
+    block = sample_block(groups, positions * d * 2)
+    times = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = {}
+        for checksum in (True, False):
+            store = Store(Path(tmp) / f"{checksum}.zarr")
+            store.create_activation("resid", (groups, 1, positions, d), dtype="float16", block=block,
+                                    checksum=checksum)
+            arr = store.writable(["resid"])["resid"]
+            for s0 in range(0, groups, block):
+                rows = X[s0 * positions : min(groups, s0 + block) * positions]
+                arr[s0 : s0 + block] = rows.reshape(-1, 1, positions, d).astype(np.float16)
+            arrays[checksum] = store.array("resid")
+        for _ in range(repeat):
+            for checksum, arr in arrays.items():
+                t0 = time.perf_counter()
+                for s0 in range(0, groups, block):
+                    np.asarray(arr[s0 : s0 + block, 0], dtype=np.float32)
+                times[checksum].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()} | {"block": block, "mib": groups * positions * d * 2 / 2**20}
+
+
 def theory_mib(d, k, folds, alphas) -> tuple[float, float]:
     """(one float64 chunk of rows, fold statistics + solve) in MiB."""
     chunk = CHUNK * (d + k) * 8
@@ -214,6 +250,12 @@ def main() -> None:
           f"-> {many['products']:.2f} s = {many['products'] / one['products']:.2f}x, the floor for any exact "
           f"method (X^T Y costs {many['k'] / d:.2f}x X^T X when targets outnumber features); "
           f"the rest of the fit: {one['time'] - one['products']:.2f} s -> {many['time'] - many['products']:.2f} s")
+
+    reads = store_read_times(make_data(n, T, d, 1)[0], n, T)
+    print(f"\nthe same rows from a store ({reads['mib']:.0f} MiB of float16, {reads['block']} samples a chunk), every "
+          f"chunk read as a probe reads it: {reads[True]:.3f} s with the crc32c checksum, {reads[False]:.3f} s "
+          f"without ({100 * (reads[True] / reads[False] - 1):+.1f} %); probekit's fit above: {t_pk:.2f} s, so the "
+          f"checksum adds {100 * 2 * (reads[True] - reads[False]) / t_pk:+.1f} % to a probe (two reads per chunk)")
 
     ok = grouped.alpha_ == probe.alpha_ and diff(grouped) <= 1e-6
     print("\nagreement with grouped RidgeCV:", "OK" if ok else "FAILED (alpha or coefficients differ)")

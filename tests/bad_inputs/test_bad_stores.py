@@ -288,3 +288,12 @@ def test_a_copy_of_the_store_is_untouched_by_verify(workdir, capsys):
     before = snapshot(workdir / "copy.zarr")
     assert run(["verify", "copy.zarr", "--json"]) == 0
     assert snapshot(workdir / "copy.zarr") == before
+
+
+def test_verify_finds_a_flipped_byte_in_a_results_group(workdir, fails, capsys):
+    assert run(list(PROBE)) == 0
+    capsys.readouterr()
+    (key,) = Store(workdir / STORE).results("rls")
+    r2 = Store(workdir / STORE).array("r2", key)
+    flip_byte(workdir / STORE / r2.path / r2.metadata.encode_chunk_key((0,) * r2.ndim))
+    fails(1, "verify", STORE, match=f"{key}/r2")
