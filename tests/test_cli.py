@@ -102,7 +102,7 @@ def test_debug_shows_the_traceback():
 
 @pytest.mark.parametrize("args, message", [
     (["--dtype", "bfloat16"], "error: unknown dtype 'bfloat16'; choose from: float16, float32"),
-    (["-n", "0"], "error: Invalid value for '--n-samples' / '-n': "),  # typer's range check, read with the line
+    (["-n", "0"], "error: Invalid value for '--n-samples' / '-n': "),  # min=1, checked as the line is read
 ])
 def test_cache_option_errors_are_one_line(capsys, tmp_path, trained, args, message):
     code, _, err = cli(capsys, "cache", "--model", f"toy:{trained}", "--out", str(tmp_path / "s.zarr"), *args)

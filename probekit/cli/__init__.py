@@ -47,14 +47,19 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return its exit code (errors become one line on stderr)."""
     from probekit.errors import ProbekitError
 
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="probekit", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:  # a warning is one line too, not the source line that raised it
+                warnings.showwarning = _one_line_warning
+            app(args=argv, prog_name="probekit", standalone_mode=False)
     except ProbekitError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), err=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -70,9 +75,20 @@ def run(argv: list[str] | None = None) -> int:
             return code
         if debug:
             raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        typer.echo(f"error: {type(exc).__name__}: {_first_line(exc)} (rerun with --debug for the traceback)", err=True)
         return 1
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error message as one line (the first line of a multi-line one: --debug shows it all)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    (file or sys.stderr).write(f"warning: {text}\n")
 
 
 def _click_error(exc: Exception) -> int | None:

@@ -15,7 +15,8 @@ from probekit.cli._common import progress, stderr_console, stdout_console
 def demo(
     out: Path = typer.Option(Path("store/demo"), help="Directory for the checkpoint, store and plot."),
     steps: int = typer.Option(3000, min=1, help="Training steps (3000 take about 2-3 minutes on 2 CPU cores)."),
-    n_samples: int = typer.Option(2000, "--n-samples", "-n", min=1, help="Held-out sequences to cache and probe."),
+    n_samples: int = typer.Option(2000, "--n-samples", "-n", min=5,
+                                  help="Held-out sequences to cache and probe (at least one per probe fold)."),
     seed: int = typer.Option(0, min=0, help="Training seed."),
     fresh: bool = typer.Option(False, help="Retrain and recache even if earlier results exist."),
 ) -> None:
