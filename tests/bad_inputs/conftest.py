@@ -2,7 +2,8 @@
 things a user could lose, and check that it failed cleanly.
 
 A clean failure: the expected exit code (2 usage, 1 failure), exactly one line on stderr and
-it starts with ``error:``, no traceback, and every file and directory that was there before
+it starts with ``error:`` (besides one-line ``warning:`` lines, e.g. a plugin that failed to
+import), no traceback, and every file and directory that was there before
 is still there, byte for byte, with nothing added.
 """
 
@@ -37,7 +38,7 @@ def assert_clean_failure(capsys, argv: list[str], code: int, root: Path, match: 
     before = snapshot(root)
     got = run([str(a) for a in argv])
     out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning: ")]
     assert "Traceback" not in err, err
     assert got == code, f"exit {got}, expected {code}; stderr: {err!r}"
     assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one error line: {err!r}"
