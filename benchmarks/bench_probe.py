@@ -32,7 +32,7 @@ def main() -> None:
     from sklearn.linear_model import Ridge
     from threadpoolctl import threadpool_limits
 
-    from probekit.probes import FoldStats, cross_validate, grouped_folds
+    from probekit.probes.ridge import FoldStats, cross_validate, grouped_folds
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

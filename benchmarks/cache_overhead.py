@@ -28,18 +28,18 @@ n, threads, batch, layers, width, device = int(sys.argv[1]), int(sys.argv[2]), i
 repeat = int(sys.argv[7])
 torch.set_num_threads(threads)
 import shutil
-from probekit.store import Store
+from probekit.store.zarr_store import Store
 CHECKSUM = [True]  # every array the cache creates gets checksum=CHECKSUM[0]
 for name in ("create_activation", "create_variable"):
     setattr(Store, name, lambda self, *a, _orig=getattr(Store, name), **kw: _orig(self, *a, **kw, checksum=CHECKSUM[0]))
 _create = Store.create.__func__
 Store.create = classmethod(lambda cls, *a, **kw: _create(cls, *a, **kw, checksum=CHECKSUM[0]))
 import numpy as np, xarray, zarr  # warm the imports run_cache would otherwise pay inside the timing
-from probekit.cache import CacheRequest, run_cache
-from probekit.models import checkpoint
-from probekit.models.toy import ToyTransformer
-from probekit.models.zoo import build_config
-from probekit.plugins import PluginHost
+from probekit.cache.run import CacheRequest, run_cache
+from probekit.models.toy import checkpoint
+from probekit.models.toy.model import ToyTransformer
+from probekit.models.toy.presets import build_config
+from probekit.plugin.host import PluginHost
 host = PluginHost.default()
 task = host.tasks.get("lds")()
 cfg = build_config("softmax", task.io, n_layers=layers, d_model=width)

@@ -26,7 +26,7 @@ def timed_fit(X, Y, group, rel, device, repeats):
     import torch
     from sklearn.model_selection import GroupKFold
 
-    from probekit.estimators import RidgeProbe
+    from probekit.probes.estimators import RidgeProbe
 
     times, probe = [], None
     for _ in range(repeats):

@@ -41,9 +41,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--width", type=int, default=768)
     args = ap.parse_args()
-    from probekit import schema
-    from probekit.cache import CacheRequest, run_cache
-    from probekit.plugins import PluginHost
+    from probekit.store import schema
+    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.plugin.host import PluginHost
 
     rng = np.random.default_rng(0)
     host = PluginHost.default()

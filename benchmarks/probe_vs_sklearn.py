@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-CHUNK = 8192  # RidgeProbe's streaming chunk (probekit.estimators._BATCH_ROWS)
+CHUNK = 8192  # RidgeProbe's streaming chunk (probekit.probes.estimators._BATCH_ROWS)
 
 
 def make_data(groups, positions, d, k, seed=0):
@@ -68,7 +68,7 @@ def fit_probe(X, Y, group, rel_alphas, folds, device):
     import torch
     from sklearn.model_selection import GroupKFold
 
-    from probekit.estimators import RidgeProbe
+    from probekit.probes.estimators import RidgeProbe
 
     t0 = time.perf_counter()
     probe = RidgeProbe(alphas=rel_alphas, cv=GroupKFold(folds), device=device).fit(X, Y, groups=group)
@@ -144,8 +144,8 @@ def store_read_times(X, groups, positions, repeat=3) -> dict:
     import tempfile
     from pathlib import Path
 
-    from probekit.cache import sample_block
-    from probekit.store import Store
+    from probekit.cache.run import sample_block
+    from probekit.store.zarr_store import Store
 
     d = X.shape[1]
     block = sample_block(groups, positions * d * 2)

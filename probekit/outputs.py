@@ -267,7 +267,7 @@ def _is_report(path: Path) -> bool:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    from probekit.models.checkpoint import CONFIG, FORMAT, WEIGHTS
+    from probekit.models.toy.checkpoint import CONFIG, FORMAT, WEIGHTS
 
     try:
         return (path / WEIGHTS).is_file() and json.loads((path / CONFIG).read_text()).get("format") == FORMAT

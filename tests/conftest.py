@@ -7,7 +7,7 @@ from importlib import metadata
 
 import pytest
 
-from probekit.plugins import ENTRY_POINT_GROUP, ENV_PIN, PluginHost
+from probekit.plugin.host import ENTRY_POINT_GROUP, ENV_PIN, PluginHost
 
 
 def _builtin_plugins() -> list[str]:
@@ -39,8 +39,8 @@ def host() -> PluginHost:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, host):
-    from probekit.models.train import TrainSettings, train
-    from probekit.models.zoo import build_config
+    from probekit.models.toy.train import TrainSettings, train
+    from probekit.models.toy.presets import build_config
 
     task = host.tasks.get("lds")(**TINY_TASK)
     config = build_config("softmax", task.io, n_layers=2, d_model=16, n_heads=2)
@@ -50,7 +50,7 @@ def tiny_checkpoint(tmp_path_factory, host):
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, host, tiny_checkpoint):
-    from probekit.cache import CacheRequest, run_cache
+    from probekit.cache.run import CacheRequest, run_cache
 
     out = tmp_path_factory.mktemp("stores") / "tiny.zarr"
     req = CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(out), n_samples=120, seed=5, random_init=True,

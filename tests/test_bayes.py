@@ -132,7 +132,7 @@ def test_affine_prompts_and_ideal_log_odds():
 def test_compare_on_token_tasks_scores_log_odds_r2():
     """per_task_tokens + logit_r2 against a direct computation: a fake model whose log-odds are the
     exact posterior logit plus noise."""
-    from probekit.compare import logit_r2, per_task_tokens
+    from probekit.lenses.compare import logit_r2, per_task_tokens
 
     task = CoinTask(length=16)
     ds = task.generate(400, 8)

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from probekit import schema
-from probekit.cache import CacheRequest, run_cache
+from probekit.store import schema
+from probekit.cache.run import CacheRequest, run_cache
 from probekit.errors import StoreError, UsageError
-from probekit.store import Store
+from probekit.store.zarr_store import Store
 
 
 def _req(ckpt, out, **kw):
@@ -45,7 +45,7 @@ def test_written_counts_samples_valid_tokens_and_bytes(tmp_path, host, tiny_chec
 
 
 def test_tokens_are_valid_positions_of_padded_text(tmp_path, gpt2):
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     model, prompts = gpt2
     plans = []
@@ -80,7 +80,7 @@ def test_the_progress_line_shows_tokens_and_megabytes_per_second(tmp_path, capsy
 # -- (b) --logits -------------------------------------------------------------------
 
 def test_logits_skip_stores_no_output_and_still_probes(tmp_path, host, tiny_checkpoint):
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.probes.run import ProbeSettings, run_probe
 
     keep = run_cache(host, _req(tiny_checkpoint, tmp_path / "keep.zarr"))
     skip = run_cache(host, _req(tiny_checkpoint, tmp_path / "skip.zarr", logits="skip"))
@@ -95,7 +95,7 @@ def test_logits_skip_stores_no_output_and_still_probes(tmp_path, host, tiny_chec
 
 
 def test_logits_topk_keeps_the_largest_outputs_and_their_indices(tmp_path, gpt2):
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     model, prompts = gpt2
     host = PluginHost.default(entry_points=False)
@@ -150,7 +150,7 @@ def test_logits_topk_of_a_continuous_output_and_bad_specs_are_refused(tmp_path, 
     ("resid", "resid", None),
 ])
 def test_hook_names_map_to_sites(name, site, index):
-    from probekit.sites import parse_site
+    from probekit.models.sites import parse_site
 
     ref = parse_site(name)
     assert (ref.site, ref.index) == (site, index)
@@ -161,7 +161,7 @@ def test_hook_names_select_the_right_layer_of_the_toy_model(tmp_path, host, tiny
     import torch
 
     from probekit.models.adapters import load_adapter
-    from probekit.sites import parse_site
+    from probekit.models.sites import parse_site
 
     names = ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre", "hook_embed", "blocks.0.hook_attn_out",
              "blocks.1.hook_mlp_out", "blocks.1.attn.hook_pattern"]

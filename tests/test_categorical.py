@@ -5,10 +5,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from probekit.hookspecs import hookimpl
-from probekit.hypotheses import Hypothesis, Target
-from probekit.plugins import PluginHost, get_plugin_manager
-from probekit.probing import ProbeSettings, run_probe
+from probekit.plugin.hookspecs import hookimpl
+from probekit.targets.hypothesis import Hypothesis, Target
+from probekit.plugin.host import PluginHost, get_plugin_manager
+from probekit.probes.run import ProbeSettings, run_probe
 from probekit.tasks import ModelIO, Task
 
 
@@ -64,9 +64,9 @@ class TokenPlugin:
 
 @pytest.fixture(scope="module")
 def token_store(tmp_path_factory):
-    from probekit.cache import CacheRequest, run_cache
-    from probekit.models.train import TrainSettings, train
-    from probekit.models.zoo import build_config
+    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.models.toy.train import TrainSettings, train
+    from probekit.models.toy.presets import build_config
 
     host = PluginHost(get_plugin_manager(pin=[], plugins=[TokenPlugin()]))
     task = host.tasks.get("random-tokens")()
@@ -101,7 +101,7 @@ def test_logistic_probes_control_task_and_selectivity(token_store):
 def test_table_and_plot_show_accuracy(token_store, tmp_path):
     from rich.console import Console
 
-    from probekit.report import plot_r2, results_table
+    from probekit.report.probes import plot_r2, results_table
 
     host, store = token_store
     res, _ = run_probe(host, store, "token-ids", ProbeSettings(n_folds=3, n_boot=0, n_perm_categorical=2))
@@ -114,7 +114,7 @@ def test_table_and_plot_show_accuracy(token_store, tmp_path):
 
 def test_categorical_targets_are_validated():
     from probekit.errors import DataError
-    from probekit.hypotheses import make_targets
+    from probekit.targets.hypothesis import make_targets
 
     with pytest.raises(DataError, match="one integer class per position"):
         make_targets([Target("c", np.zeros((2, 3, 1)), np.ones((2, 3), bool), "float labels", kind="categorical")],

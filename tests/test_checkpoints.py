@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from probekit import schema
-from probekit.cache import CacheRequest, run_cache
+from probekit.store import schema
+from probekit.cache.run import CacheRequest, run_cache
 from probekit.errors import StoreError, UsageError
-from probekit.probing import ProbeSettings, run_probe
-from probekit.store import Store
+from probekit.probes.run import ProbeSettings, run_probe
+from probekit.store.zarr_store import Store
 
 N, SEED, BLOCK = 40, 7, 16  # 3 sample blocks per checkpoint
 SITES = ("resid", "attn_out")
@@ -21,8 +21,8 @@ SITES = ("resid", "attn_out")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, host):
     """A tiny toy model trained 24 steps, keeping checkpoints at steps 0, 8, 16, 24."""
-    from probekit.models.train import TrainSettings, train
-    from probekit.models.zoo import build_config
+    from probekit.models.toy.train import TrainSettings, train
+    from probekit.models.toy.presets import build_config
 
     task = host.tasks.get("lds")(dim=2, length=6)
     cfg = build_config("softmax", task.io, n_layers=2, d_model=8, n_heads=2)
@@ -146,7 +146,7 @@ def test_a_checkpoint_changed_since_the_store_was_started_is_refused(tmp_path, h
 
 
 def test_checkpoints_are_found_by_directory_or_glob_and_ordered_by_step(tmp_path, run_dir):
-    from probekit.checkpoints import resolve
+    from probekit.cache.checkpoints import resolve
 
     ckpts = run_dir / "checkpoints"
     assert [r.step for r in resolve(str(ckpts))] == [0, 8, 16, 24]

@@ -1,4 +1,4 @@
-"""Head scores (probekit.circuits), ICL score, ablation and phase change (probekit.dynamics), and
+"""Head scores (probekit.lenses.heads.circuits), ICL score, ablation and phase change (probekit.lenses.heads.dynamics), and
 ``probekit heads`` on a hand-built induction model, through fake training runs and on a tiny
 ``hf:`` GPT-2 built here."""
 
@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probekit import circuits, dynamics
+from probekit.lenses.heads import circuits
+
+from probekit.lenses.heads import dynamics
 from probekit.cli import run
 from probekit.errors import UsageError
-from probekit.plugins import PluginHost
+from probekit.plugin.host import PluginHost
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import induction_models  # noqa: E402
@@ -122,7 +124,7 @@ def test_d_head_eigenvalues_equal_the_vocab_space_ones():
 def test_toy_weights_fold_layernorm_and_split_heads_like_the_forward_pass():
     import torch
 
-    from probekit.models.toy import ToyConfig, ToyTransformer
+    from probekit.models.toy.model import ToyConfig, ToyTransformer
 
     torch.manual_seed(0)
     cfg = ToyConfig(d_in=11, d_out=11, input_kind="tokens", n_layers=2, d_model=12, n_heads=3, mlp=False)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from probekit.cli import run
-from probekit.compare import CompareSettings, mean_ci, per_task, run_compare
-from probekit.models import checkpoint
-from probekit.plugins import PluginHost
+from probekit.lenses.compare import CompareSettings, mean_ci, per_task, run_compare
+from probekit.models.toy import checkpoint
+from probekit.plugin.host import PluginHost
 from probekit_gd import algorithms as A
 from probekit_gd.construct import gd_model
 from probekit_gd.hypotheses import GDHypothesis

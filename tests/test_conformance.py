@@ -1,4 +1,4 @@
-"""The built-in plugins pass the conformance suite they ship to plugin authors (probekit.testing).
+"""The built-in plugins pass the conformance suite they ship to plugin authors (probekit.testing.checks).
 
 Every task and hypothesis the built-in plugins register is checked, on small settings;
 a new built-in is picked up automatically (its hypothesis paired with a task that has the
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from probekit import testing
-from probekit.plugins import PluginHost
+from probekit.plugin.host import PluginHost
 
 HOST = PluginHost.default()  # the built-in plugins (conftest pins them)
 
@@ -104,8 +104,8 @@ def test_hf_adapter_conforms(tmp_path):
 def test_cached_stores_are_valid(tiny_store, tmp_path):
     import shutil
 
-    from probekit.probing import ProbeSettings, run_probe
-    from probekit.store import Store
+    from probekit.probes.run import ProbeSettings, run_probe
+    from probekit.store.zarr_store import Store
 
     testing.assert_store_valid(tiny_store)
     copy = tmp_path / "copy.zarr"
@@ -169,7 +169,7 @@ def test_check_task_catches_a_wrong_io():
 
 
 def test_check_hypothesis_catches_crashes_nondeterminism_and_bad_masks():
-    from probekit.hypotheses import Hypothesis, Target
+    from probekit.targets.hypothesis import Hypothesis, Target
 
     task = _task("lds")
 
@@ -213,6 +213,6 @@ def test_check_model_adapter_catches_batch_dependence(tiny_checkpoint):
 def test_testing_is_importable_without_heavy_modules():
     import subprocess
 
-    code = "import probekit.testing, sys; print(' '.join(sorted(m for m in ('torch', 'zarr', 'sklearn') if m in sys.modules)))"
+    code = "import probekit.testing.checks, sys; print(' '.join(sorted(m for m in ('torch', 'zarr', 'sklearn') if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""

@@ -24,7 +24,7 @@ def _rows(n_groups=300, T=20, F=96, k=6, seed=0):
 
 @pytest.mark.parametrize("per_target", [False, True])
 def test_ridge_probe_cuda_equals_cpu(per_target):
-    from probekit.estimators import RidgeProbe
+    from probekit.probes.estimators import RidgeProbe
 
     X, Y, g = _rows()
     cpu = RidgeProbe(cv=5, alpha_per_target=per_target, device="cpu").fit(X, Y, groups=g)
@@ -38,7 +38,7 @@ def test_ridge_probe_cuda_equals_cpu(per_target):
 
 
 def test_nested_cv_statistics_cuda_equal_cpu():
-    from probekit.probes import FoldStats, cross_validate, grouped_folds
+    from probekit.probes.ridge import FoldStats, cross_validate, grouped_folds
 
     X, Y, g = _rows(k=4)
     fold = grouped_folds(300, 5, seed=1)[g]
@@ -54,7 +54,7 @@ def test_nested_cv_statistics_cuda_equal_cpu():
 
 
 def test_logistic_probe_cuda_matches_cpu():
-    from probekit.estimators import LogisticProbe
+    from probekit.probes.estimators import LogisticProbe
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2000, 32))
@@ -67,7 +67,7 @@ def test_logistic_probe_cuda_matches_cpu():
 
 
 def test_run_probe_cuda_equals_cpu(host, tiny_store):
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.probes.run import ProbeSettings, run_probe
 
     out = {}
     for dev in ("cpu", "cuda"):
@@ -82,7 +82,7 @@ def test_run_probe_cuda_equals_cpu(host, tiny_store):
 
 
 def test_cache_on_cuda_matches_cpu(host, tiny_checkpoint, tmp_path):
-    from probekit.cache import CacheRequest, run_cache
+    from probekit.cache.run import CacheRequest, run_cache
 
     ds = {}
     for dev in ("cpu", "cuda"):

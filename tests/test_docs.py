@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from probekit import hookspecs
-
+from probekit.plugin import hookspecs
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
 GUIDE = DOCS / "plugins.md"
@@ -106,7 +105,7 @@ def test_the_guides_plugin_passes_its_own_tests(tmp_path):
 def test_the_guides_plugin_registers_through_the_hooks(tmp_path):
     import importlib
 
-    from probekit.plugins import PluginHost, get_plugin_manager
+    from probekit.plugin.host import PluginHost, get_plugin_manager
 
     write_guide_files(GUIDE.read_text(), tmp_path)
     sys.path.insert(0, str(tmp_path))

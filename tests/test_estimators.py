@@ -7,7 +7,7 @@ from sklearn.model_selection import GroupKFold, KFold, PredefinedSplit
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from probekit.errors import ProbekitWarning
-from probekit.estimators import LogisticProbe, RidgeProbe
+from probekit.probes.estimators import LogisticProbe, RidgeProbe
 
 
 @parametrize_with_checks([RidgeProbe(), LogisticProbe(max_iter=100)])

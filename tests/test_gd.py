@@ -218,10 +218,10 @@ def test_fixed_eta_and_bad_options(linreg10k):
 def test_probes_find_gd_step_k_at_layer_k(tmp_path):
     """Cache von Oswald's constructed 2-layer GD model and probe it with the engine: the step-k
     prediction is linearly readable (R² ~ 1) exactly from layer k on, and not before."""
-    from probekit.cache import CacheRequest, run_cache
-    from probekit.models import checkpoint
-    from probekit.plugins import PluginHost
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.models.toy import checkpoint
+    from probekit.plugin.host import PluginHost
+    from probekit.probes.run import ProbeSettings, run_probe
 
     host = PluginHost.default()
     etas = [6.0, 4.0]

@@ -20,8 +20,8 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from probekit.errors import CheckpointError, UnknownNameError  # noqa: E402
-from probekit.models.checkpoint import weights_hash  # noqa: E402
-from probekit.plugins import PluginHost  # noqa: E402
+from probekit.models.toy.checkpoint import weights_hash  # noqa: E402
+from probekit.plugin.host import PluginHost  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
 from support.hf_models import build, tokenizer  # noqa: E402  (the tiny GPT-2 / Llama recipe, shared)
@@ -289,7 +289,7 @@ class _Evil:
 
 
 def test_registering_hf_keeps_the_plugin_host_light():
-    code = ("import sys; from probekit.plugins import PluginHost; h = PluginHost.default(); h.models.get('hf'); "
+    code = ("import sys; from probekit.plugin.host import PluginHost; h = PluginHost.default(); h.models.get('hf'); "
             "print(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert not {m.split(".")[0] for m in loaded} & {"torch", "transformers", "tokenizers", "huggingface_hub"}
@@ -301,11 +301,11 @@ def test_cache_from_a_text_file_stores_tokens_and_probes_skip_padding(hf_models,
     import numpy as np
 
     from probekit.cli import run
-    from probekit.hookspecs import hookimpl
-    from probekit.hypotheses import Hypothesis, Target
-    from probekit.plugins import get_plugin_manager
-    from probekit.probing import ProbeSettings, run_probe
-    from probekit.store import Store
+    from probekit.plugin.hookspecs import hookimpl
+    from probekit.targets.hypothesis import Hypothesis, Target
+    from probekit.plugin.host import get_plugin_manager
+    from probekit.probes.run import ProbeSettings, run_probe
+    from probekit.store.zarr_store import Store
 
     path, _ = hf_models["gpt2"]
     prompts = ["the cat sat on the mat", "a dog ran", "the bird sang a song in the tree", "cats and dogs"] * 6
@@ -336,7 +336,7 @@ def test_cache_from_a_text_file_stores_tokens_and_probes_skip_padding(hf_models,
         def probekit_register_hypotheses(self, register):
             register("current-token", CurrentToken)
 
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     host = PluginHost(get_plugin_manager(entry_points=False, plugins=[Plugin()]))
     res, _ = run_probe(host, out, "current-token", ProbeSettings(n_folds=3, n_boot=0, n_perm_categorical=1))
@@ -366,8 +366,8 @@ def test_text_needs_a_tokenizer_and_a_readable_file(tmp_path, tiny_checkpoint, c
 def test_model_dtype_bfloat16_caches_close_to_float32(hf_models, tmp_path):
     import numpy as np
 
-    from probekit.cache import CacheRequest, run_cache
-    from probekit.plugins import PluginHost
+    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.plugin.host import PluginHost
 
     path, _ = hf_models["llama"]
     prompts = tmp_path / "p.txt"

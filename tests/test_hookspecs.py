@@ -2,9 +2,7 @@
 
 import inspect
 
-from probekit import hookspecs
-
-
+from probekit.plugin import hookspecs
 def test_every_hookspec_is_documented():
     specs = [(n, f) for n, f in vars(hookspecs).items() if n.startswith("probekit_") and callable(f)]
     assert len(specs) >= 3

@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from probekit.cli import run  # noqa: E402
-from probekit.icl import ICLSettings, answer_log_probs, icl_curve, line_fit  # noqa: E402
-from probekit.plugins import PluginHost  # noqa: E402
+from probekit.lenses.icl import ICLSettings, answer_log_probs, icl_curve, line_fit  # noqa: E402
+from probekit.plugin.host import PluginHost  # noqa: E402
 from probekit_bayes.tasks import AffinePromptsTask  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
 from support.hf_models import build  # noqa: E402

@@ -15,7 +15,7 @@ def loaded_after(code: str) -> set[str]:
 
 
 def test_import_probekit_is_light():
-    assert loaded_after("import probekit, probekit.plugins, probekit.hookspecs, probekit.errors") == set()
+    assert loaded_after("import probekit, probekit.plugin.host, probekit.plugin.hookspecs, probekit.errors") == set()
 
 
 def test_cli_help_is_light():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from probekit.errors import UsageError
-from probekit.plugins import PluginHost
+from probekit.plugin.host import PluginHost
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import induction_models  # noqa: E402
@@ -93,7 +93,7 @@ def test_induction_targets_on_hand_made_tokens():
 
 @pytest.fixture(scope="module")
 def built_store(tmp_path_factory):
-    from probekit.cache import CacheRequest, run_cache
+    from probekit.cache.run import CacheRequest, run_cache
 
     root = tmp_path_factory.mktemp("ind")
     ckpt = induction_models.save(root / "model")
@@ -103,7 +103,7 @@ def built_store(tmp_path_factory):
 
 
 def test_probes_find_prev_token_after_block_1_and_the_token_to_copy_after_block_2(built_store):
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.probes.run import ProbeSettings, run_probe
 
     settings = ProbeSettings(n_folds=3, baselines=False, n_boot=0,
                              targets=("prev_token", "induction_next", "induction_next_embed",

@@ -1,4 +1,4 @@
-"""Activation patching and ablation (probekit.interventions, probekit patch) on toy, torch and tiny HF models."""
+"""Activation patching and ablation (probekit.lenses.interventions.patching, probekit patch) on toy, torch and tiny HF models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.interventions import (Ablation, Patch, TokenPair, ablate, answer_logprobs, component_means,
+from probekit.lenses.interventions.patching import (Ablation, Patch, TokenPair, ablate, answer_logprobs, component_means,
                                     hooked_model, parse_blocks, parse_heads, patch_residual, run_hooked)
 
 sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
@@ -21,8 +21,8 @@ KINDS = ["toy", "gpt2", "llama"]
 
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory):
-    from probekit.models.checkpoint import Checkpoint, save
-    from probekit.models.toy import ToyConfig, ToyTransformer
+    from probekit.models.toy.checkpoint import Checkpoint, save
+    from probekit.models.toy.model import ToyConfig, ToyTransformer
 
     cfg = ToyConfig(d_in=VOCAB, d_out=VOCAB, input_kind="tokens", n_layers=3, d_model=32, n_heads=4, max_len=32,
                     init_std=0.2)
@@ -45,7 +45,7 @@ def hf_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapters(toy_dir, hf_dirs):
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     host = PluginHost.default(entry_points=False)
     out = {"toy": host.models.get("toy").load(str(toy_dir))}
@@ -160,7 +160,7 @@ def test_patching_finds_an_exact_induction_circuit_where_it_is():
     token after the previous occurrence of the current one, so only resid layer 2 at the last position
     carries the answer from the repeated sequence A into the bare suffix B."""
     from probekit.models.adapters import ToyAdapter
-    from probekit.models.checkpoint import Checkpoint
+    from probekit.models.toy.checkpoint import Checkpoint
     from support import induction_models as im
 
     model, cfg = im.build()
@@ -296,7 +296,7 @@ def test_head_and_block_specs_parse_and_list_the_valid_ranges():
 
 def test_torch_module_resid_patching(adapters):
     from probekit.errors import UsageError
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     adapter = PluginHost.default(entry_points=False).models.get("torch").load(
         "support.token_models:make_model?resid=blocks.*")
@@ -316,7 +316,7 @@ def test_torch_module_resid_patching(adapters):
 
 def test_models_without_token_answers_are_refused(tiny_checkpoint):
     from probekit.errors import UsageError
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     adapter = PluginHost.default(entry_points=False).models.get("toy").load(str(tiny_checkpoint))
     with pytest.raises(UsageError, match="token inputs"):
@@ -324,7 +324,7 @@ def test_models_without_token_answers_are_refused(tiny_checkpoint):
 
 
 def test_text_pairs_score_the_answer_as_read_in_context_and_align_a_bos(adapters):
-    from probekit.prompt_pairs import encode_pairs, encode_text
+    from probekit.lenses.interventions.pairs import encode_pairs, encode_text
 
     gpt2, llama = adapters["gpt2"], adapters["llama"]
     tok = gpt2.tokenizer
@@ -408,8 +408,8 @@ def test_patch_command_takes_pairs_from_a_task(hf_dirs, tmp_path, capsys, monkey
     from dataclasses import dataclass
 
     from probekit.cli import run
-    from probekit.hookspecs import hookimpl
-    from probekit.plugins import PluginHost, get_plugin_manager
+    from probekit.plugin.hookspecs import hookimpl
+    from probekit.plugin.host import PluginHost, get_plugin_manager
     from probekit.tasks import Task
 
     @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from probekit import schema
-from probekit.store import Store
+from probekit.store import schema
+from probekit.store.zarr_store import Store
 
 
 def cache_cmd(ckpt, out, n=400):
@@ -99,7 +99,7 @@ def test_disk_space_is_checked_before_writing(tmp_path, tiny_checkpoint, host, m
     import shutil
     from collections import namedtuple
 
-    from probekit.cache import CacheRequest, run_cache
+    from probekit.cache.run import CacheRequest, run_cache
     from probekit.errors import StoreError
 
     usage = namedtuple("usage", "total used free")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from probekit.errors import PluginError, ProbekitWarning, UnknownNameError
-from probekit.hookspecs import hookimpl
-from probekit.hypotheses import Hypothesis, Target
-from probekit.plugins import PluginHost, get_plugin_manager
+from probekit.plugin.hookspecs import hookimpl
+from probekit.targets.hypothesis import Hypothesis, Target
+from probekit.plugin.host import PluginHost, get_plugin_manager
 
 
 class LastInput(Hypothesis):
@@ -41,7 +41,7 @@ def third_party_plugin():
 
 
 def test_third_party_plugin_is_listed_and_usable(tiny_store):
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.probes.run import ProbeSettings, run_probe
 
     host = PluginHost(get_plugin_manager(pin=["rls"], plugins=[third_party_plugin()]))
     assert "last-input" in host.hypotheses.names()
@@ -81,7 +81,7 @@ def test_a_plugin_that_fails_to_import_warns_and_the_rest_works(monkeypatch):
     monkeypatch.delenv("PROBEKIT_LOAD_PLUGINS", raising=False)  # conftest pins the built-ins; load every one
     real = list(metadata.entry_points(group="probekit"))
     broken = metadata.EntryPoint(name="broken", value="probekit_no_such_module_xyz", group="probekit")
-    monkeypatch.setattr("probekit.plugins.metadata.entry_points", lambda group: real + [broken])
+    monkeypatch.setattr("probekit.plugin.host.metadata.entry_points", lambda group: real + [broken])
     with pytest.warns(ProbekitWarning, match="plugin 'broken'.*failed to import"):
         host = PluginHost(get_plugin_manager())
     assert "rls" in host.hypotheses and "lds" in host.tasks
@@ -118,7 +118,7 @@ def test_builtin_plugins_come_from_entry_points():
 
 
 def test_a_hypothesis_that_crashes_is_a_plugin_error_naming_it(tiny_store):
-    from probekit.probing import run_probe
+    from probekit.probes.run import run_probe
 
     class Broken(Hypothesis):
         name = "broken"

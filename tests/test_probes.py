@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from probekit.errors import DataError, UsageError
-from probekit.probes import DEFAULT_REL_ALPHAS, FoldStats, alpha_grid, cross_validate, grouped_folds, sum_stats
+from probekit.probes.ridge import DEFAULT_REL_ALPHAS, FoldStats, alpha_grid, cross_validate, grouped_folds, sum_stats
 
 
 def make_rows(n_samples=60, T=7, F=6, k=3, noise=0.5, seed=0, offset=100.0):
@@ -89,8 +89,7 @@ def test_alpha_choice_tracks_noise():
 def test_null_model_scores_noise_exactly_zero():
     """With alpha = inf among the candidates, pure-noise targets whose outer folds all chose it
     score R² = 0 exactly, in the CV statistics and in pass 2's per-sample sums (bootstrap CI [0, 0])."""
-    from probekit import scoring
-
+    from probekit.probes import scoring
     X, _, sample = make_rows(n_samples=80, T=6, F=6)
     rng = np.random.default_rng(3)
     Y = 5.0 + rng.standard_normal((len(X), 8))  # eight noise targets, each its own alpha
@@ -117,8 +116,7 @@ def test_grouped_sse_paths_agree_with_per_column_sse(monkeypatch):
     the per-column sse summed within groups."""
     import torch
 
-    from probekit import probes
-
+    from probekit.probes import ridge as probes
     X, Y, sample = make_rows(n_samples=50, T=4, F=6, k=7)
     fold = grouped_folds(50, 3)[sample]
     stats = accumulate(X, Y, fold, 3)
@@ -173,8 +171,7 @@ def test_nan_and_shape_errors():
 
 def test_outer_fold_models_reproduce_the_cv_error():
     """Pass 2 (predict each row with its outer fold's model) gives exactly the CV's held-out SSE."""
-    from probekit import scoring
-
+    from probekit.probes import scoring
     X, Y, sample = make_rows(n_samples=40, T=6)
     K = 4
     folds = grouped_folds(40, K, seed=1)
@@ -226,7 +223,7 @@ def test_accepts_torch_tensors_and_leaves_inputs_untouched():
 def test_grouped_sse_equals_summed_column_sse():
     import torch
 
-    from probekit.probes import RidgeSolution
+    from probekit.probes.ridge import RidgeSolution
 
     X, Y, sample = make_rows(n_samples=30, T=5, k=5)
     stats = accumulate(X, Y, grouped_folds(30, 3)[sample], 3)

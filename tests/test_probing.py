@@ -7,10 +7,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from probekit.hookspecs import hookimpl
-from probekit.hypotheses import Hypothesis, Target
-from probekit.plugins import PluginHost, get_plugin_manager
-from probekit.probing import ProbeSettings, run_probe
+from probekit.plugin.hookspecs import hookimpl
+from probekit.targets.hypothesis import Hypothesis, Target
+from probekit.plugin.host import PluginHost, get_plugin_manager
+from probekit.probes.run import ProbeSettings, run_probe
 
 
 class Noise(Hypothesis):
@@ -60,7 +60,7 @@ def test_null_model_is_a_setting_and_survives_json(tiny_store, noise_host):
     (which stay strict JSON), recorded in the settings, and can be turned off."""
     import json
 
-    from probekit.report import results_records
+    from probekit.report.probes import results_records
 
     on, _ = run_probe(noise_host, tiny_store, "noise", ProbeSettings(n_folds=3, n_boot=0, n_perm=4))
     off, _ = run_probe(noise_host, tiny_store, "noise", ProbeSettings(n_folds=3, n_boot=0, n_perm=4, null_model=False))
@@ -75,7 +75,7 @@ def test_null_model_is_a_setting_and_survives_json(tiny_store, noise_host):
 
 
 def test_stratified_permutations_keep_masks():
-    from probekit.probing import stratified_permutations
+    from probekit.probes.run import stratified_permutations
 
     mask = np.ones((50, 6), bool)
     mask[::3, :2] = False  # two mask patterns
@@ -90,7 +90,7 @@ def test_permuted_targets_shuffle_even_when_every_mask_is_unique():
     """A target defined at sample-specific positions (e.g. only where a token repeats): swapping
     whole samples with identical masks would leave every sample in place, so the baseline would
     equal the model. Values are then permuted per position among the samples defined there."""
-    from probekit.probing import permuted_targets
+    from probekit.probes.run import permuted_targets
 
     rng = np.random.default_rng(0)
     mask = rng.random((200, 12)) < 0.5  # every row its own pattern
@@ -123,7 +123,7 @@ def test_signal_has_a_tight_ci_and_per_position_scores(tiny_store, host):
 
 def test_dask_path_equals_the_in_memory_path(tiny_store, host):
     pytest.importorskip("distributed")
-    from probekit.probing import dask_executor
+    from probekit.probes.run import dask_executor
 
     settings = ProbeSettings(n_folds=3, n_boot=200, targets=("current_state", "rls_pred", "precond"))
     local, _ = run_probe(host, tiny_store, "rls", settings)
@@ -136,11 +136,11 @@ def test_dask_path_equals_the_in_memory_path(tiny_store, host):
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys, numpy as np, torch
     torch.set_num_threads(1)
-    from probekit.cache import CacheRequest
-    from probekit.store import Store
-    from probekit.probing import ProbeSettings, run_probe
-    from probekit.plugins import PluginHost
-    from probekit import schema
+    from probekit.cache.run import CacheRequest
+    from probekit.store.zarr_store import Store
+    from probekit.probes.run import ProbeSettings, run_probe
+    from probekit.plugin.host import PluginHost
+    from probekit.store import schema
     host = PluginHost.default(pin=["rls"])
     n, T, F, L = int(sys.argv[2]), 8, 512, 2
     task = host.tasks.get("lds")(dim=2, length=T)
@@ -156,9 +156,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
         store.write_block("resid", s0, rng.standard_normal((b, L, T, F)).astype(np.float16))
     store.consolidate()
     del ds
-    from probekit.hookspecs import hookimpl
-    from probekit.hypotheses import Hypothesis, Target
-    from probekit.plugins import get_plugin_manager
+    from probekit.plugin.hookspecs import hookimpl
+    from probekit.targets.hypothesis import Hypothesis, Target
+    from probekit.plugin.host import get_plugin_manager
 
     class FirstInput(Hypothesis):  # tiny targets: memory growth can only come from activations
         name = "first-input"

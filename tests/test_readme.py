@@ -8,8 +8,8 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_readme_plugin_example_probes_a_store(tiny_store):
-    from probekit.plugins import PluginHost, get_plugin_manager
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.plugin.host import PluginHost, get_plugin_manager
+    from probekit.probes.run import ProbeSettings, run_probe
 
     block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "probekit_register_hypotheses" in b)
     mod = types.ModuleType("readme_plugin")

@@ -10,7 +10,7 @@ from probekit.cli import run
 
 @pytest.mark.slow
 def test_demo_reaches_the_published_shape(tmp_path, capsys):
-    from probekit.store import Store
+    from probekit.store.zarr_store import Store
 
     assert run(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out

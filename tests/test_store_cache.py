@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from probekit import schema
-from probekit.cache import CacheRequest, run_cache
+from probekit.store import schema
+from probekit.cache.run import CacheRequest, run_cache
 from probekit.errors import DataError, StoreError, StoreLockedError
-from probekit.store import Store
+from probekit.store.zarr_store import Store
 
 
 def test_plain_xarray_sees_named_dims_and_provenance(tiny_store):
@@ -57,8 +57,7 @@ def _req(ckpt, out, **kw):
 
 
 def test_interrupted_cache_resumes_to_the_same_result(tmp_path, host, tiny_checkpoint, monkeypatch):
-    from probekit import cache as cache_mod
-
+    from probekit.cache import run as cache_mod
     full = run_cache(host, _req(tiny_checkpoint, tmp_path / "full.zarr"))
     block = full.attrs()[schema.BLOCK_ATTR]
     assert block < 90  # several blocks, so the interruption falls between them
@@ -160,10 +159,10 @@ def test_bad_stores_give_clear_errors(tmp_path):
 
 
 def test_checkpoints_are_safetensors_and_training_is_deterministic(tmp_path, host):
-    from probekit.models import checkpoint
-    from probekit.models.toy import ToyTransformer
-    from probekit.models.train import TrainSettings, train
-    from probekit.models.zoo import build_config
+    from probekit.models.toy import checkpoint
+    from probekit.models.toy.model import ToyTransformer
+    from probekit.models.toy.train import TrainSettings, train
+    from probekit.models.toy.presets import build_config
 
     task = host.tasks.get("lds")(dim=2, length=6)
     cfg = build_config("linear", task.io, d_model=8, n_heads=2)
@@ -184,7 +183,7 @@ def test_checkpoints_are_safetensors_and_training_is_deterministic(tmp_path, hos
 
 def test_every_toy_site_caches_with_its_own_layout_and_probes_line_up(tmp_path, host, tiny_checkpoint):
     from probekit.models.adapters import load_adapter
-    from probekit.probing import ProbeSettings, run_probe
+    from probekit.probes.run import ProbeSettings, run_probe
 
     sites = ("resid", "attn_out", "mlp_out", "attn_pattern")
     store = run_cache(host, CacheRequest(model=f"toy:{tiny_checkpoint}", out=str(tmp_path / "all.zarr"), n_samples=40,
@@ -210,10 +209,10 @@ def test_every_toy_site_caches_with_its_own_layout_and_probes_line_up(tmp_path, 
 
 
 def test_checkpoints_through_training_are_kept_and_cacheable(tmp_path, host):
-    from probekit.models import checkpoint
-    from probekit.models.toy import ToyTransformer
-    from probekit.models.train import TrainSettings, train
-    from probekit.models.zoo import build_config
+    from probekit.models.toy import checkpoint
+    from probekit.models.toy.model import ToyTransformer
+    from probekit.models.toy.train import TrainSettings, train
+    from probekit.models.toy.presets import build_config
 
     task = host.tasks.get("lds")(dim=2, length=6)
     cfg = build_config("linear", task.io, d_model=8, n_heads=2)
@@ -240,7 +239,7 @@ def test_checkpoints_through_training_are_kept_and_cacheable(tmp_path, host):
 
 @pytest.mark.parametrize("steps", [1, 2, 10, 1000])
 def test_the_learning_rate_schedule_is_defined_for_any_length(steps):
-    from probekit.models.train import lr_factor
+    from probekit.models.toy.train import lr_factor
 
     f = [lr_factor(steps, 0.1)(s) for s in range(steps)]
     assert max(f) == pytest.approx(1.0) and min(f) > 0 and all(np.isfinite(f))

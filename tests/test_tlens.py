@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from probekit.errors import CheckpointError, ProbekitError, UnknownNameError, UsageError  # noqa: E402
 from probekit.models.tlens import PROCESSING_DEFAULTS, TLensAdapter, params_hash, save_tlens  # noqa: E402
-from probekit.plugins import PluginHost  # noqa: E402
+from probekit.plugin.host import PluginHost  # noqa: E402
 
 ATOL = 1e-5
 STATES = 5  # markov task states; the model's d_vocab is larger
@@ -110,7 +110,7 @@ def tokens():
 
 
 def test_tlens_scheme_is_registered_and_keeps_the_host_light():
-    code = ("import sys; from probekit.plugins import PluginHost; h = PluginHost.default(); "
+    code = ("import sys; from probekit.plugin.host import PluginHost; h = PluginHost.default(); "
             "assert h.models.get('tlens').__name__ == 'TLensAdapter'; print(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert not {m.split(".")[0] for m in loaded} & {"torch", "transformer_lens", "transformers"}
@@ -221,7 +221,6 @@ def test_padding_is_zeroed_and_changes_nothing_valid(adapters, tokens):
 
 def test_the_adapter_contract(tiny, tokens):
     from probekit import testing
-
     valid = np.ones(tokens.shape, bool)
     valid[1, 8:] = False
     testing.check_model_adapter(TLensAdapter, str(tiny[0]), inputs=tokens, valid=valid,
@@ -229,11 +228,11 @@ def test_the_adapter_contract(tiny, tokens):
 
 
 def test_run_cache_with_a_token_task_matches_the_hooks(tiny, tmp_path):
-    """The same interface as every adapter: probekit.cache.run_cache with a token task (bayes's
+    """The same interface as every adapter: probekit.cache.run.run_cache with a token task (bayes's
     markov), TransformerLens hook names as sites, a random-init group."""
-    from probekit.cache import CacheRequest, run_cache
-    from probekit.store import Store
-    from probekit.testing import assert_store_valid
+    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.store.zarr_store import Store
+    from probekit.testing.checks import assert_store_valid
 
     path, model = tiny
     host = PluginHost.default(pin=["bayes"])
@@ -287,7 +286,7 @@ def test_a_model_with_a_tokenizer_caches_text(tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from probekit.cli import run
-    from probekit.store import Store
+    from probekit.store.zarr_store import Store
 
     tok_dir = tmp_path / "tok"
     tokenizer(bos=False).save_pretrained(tok_dir)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probekit.cache import CacheRequest, run_cache
+from probekit.cache.run import CacheRequest, run_cache
 from probekit.errors import CheckpointError, UnknownNameError, UsageError
 
 sys.path.insert(0, str(Path(__file__).parent))  # makes `support.custom_models` importable

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from probekit.errors import DataError, StoreError, UsageError
-from probekit.hypotheses import Hypothesis, Target
+from probekit.targets.hypothesis import Hypothesis, Target
 
 from probekit_bayes import posterior
 

@@ -1,7 +1,7 @@
 """Von Oswald et al.'s construction: linear self-attention weights that run GD / GD++ exactly.
 
 For tokens ``e = (x, y)`` of size d + 1 and the model of
-:mod:`probekit.models.lsa` (which already divides by the number of context tokens N),
+:mod:`probekit.models.toy.lsa` (which already divides by the number of context tokens N),
 layer k uses
 
     W_Q = W_K = [[I_d, 0], [0, 0]]        (attention score x_i^T x_j)
@@ -32,10 +32,10 @@ def gd_layer_weights(d: int, n_ctx: int, eta: float, gamma: float = 0.0, dtype=N
 
 
 def gd_model(d: int, n_ctx: int, etas, gammas=None, *, dtype=None):
-    """A stacked :class:`~probekit.models.lsa.LSATransformer` whose layer k does GD (++) step k."""
+    """A stacked :class:`~probekit.models.toy.lsa.LSATransformer` whose layer k does GD (++) step k."""
     import torch
 
-    from probekit.models.toy import ToyConfig, build_model
+    from probekit.models.toy.model import ToyConfig, build_model
 
     K = len(etas)
     cfg = ToyConfig(d_in=d + 1, d_out=1, d_model=d + 1, n_heads=1, n_layers=K, arch="lsa", attention="linear",

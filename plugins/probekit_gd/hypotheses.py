@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from probekit.errors import DataError, UsageError
-from probekit.hypotheses import Hypothesis, Target
+from probekit.targets.hypothesis import Hypothesis, Target
 
 from probekit_gd import algorithms
 

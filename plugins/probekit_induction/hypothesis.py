@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from probekit.errors import DataError, UsageError
-from probekit.hypotheses import Hypothesis, Target
+from probekit.targets.hypothesis import Hypothesis, Target
 
 DIRECTIONS = ("embed", "unembed")
 MAX_FIT_ROWS = 50_000  # rows of the unembedding regression

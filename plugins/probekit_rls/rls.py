@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from probekit.errors import UsageError
-from probekit.hypotheses import Hypothesis, Target
+from probekit.targets.hypothesis import Hypothesis, Target
 
 
 def rls_recursion(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

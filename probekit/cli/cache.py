@@ -48,8 +48,8 @@ def cache(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
 ) -> None:
     """Cache activations of MODEL on task samples; rerun the same command to resume."""
-    from probekit.cache import CacheRequest, run_cache
-    from probekit.plugins import PluginHost
+    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params
 
     host = PluginHost.default()
@@ -107,7 +107,7 @@ def rates(plan: dict) -> str:
 
 def cache_sites(names: list[str] | None, console=None) -> tuple[str, ...]:
     """Sites to cache as given (TransformerLens hook names are mapped by the cache; each is noted here)."""
-    from probekit.sites import alias_notes
+    from probekit.models.sites import alias_notes
 
     for note in alias_notes(names) if console else []:
         console.print(f"[dim]{note}[/dim]")
@@ -115,7 +115,7 @@ def cache_sites(names: list[str] | None, console=None) -> tuple[str, ...]:
 
 
 def _first_checkpoint(source: str) -> str:
-    from probekit.checkpoints import resolve
+    from probekit.cache.checkpoints import resolve
 
     return resolve(source)[0].spec
 
@@ -124,7 +124,7 @@ def _params_for_model_task(host, model: str, param: list[str]) -> dict:
     """Task parameters when --task is omitted: parse them against the toy checkpoint's task."""
     from probekit.errors import UsageError
     from probekit.models.adapters import parse_spec
-    from probekit.models.checkpoint import read
+    from probekit.models.toy.checkpoint import read
     from probekit.tasks import parse_params
 
     scheme, rest = parse_spec(model)

@@ -32,9 +32,9 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON instead of a table."),
 ) -> None:
     """Compare MODEL with one or more hypotheses' algorithms: losses, prediction gap, sensitivity cosine."""
-    from probekit.compare import CompareSettings, compare_json, compare_table, plot_compare, run_compare
+    from probekit.lenses.compare import CompareSettings, compare_json, compare_table, plot_compare, run_compare
     from probekit.errors import UsageError
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params
 
     from probekit import outputs

@@ -23,14 +23,14 @@ def demo(
     """Train -> cache -> probe `rls` -> table + PNG, with the default settings."""
     import json
 
-    from probekit.cache import CacheRequest, run_cache
+    from probekit.cache.run import CacheRequest, run_cache
     from probekit.cli.probe import default_plot_path
-    from probekit.models import checkpoint
-    from probekit.models.train import TrainSettings, train
-    from probekit.models.zoo import build_config
-    from probekit.plugins import PluginHost
-    from probekit.probing import run_probe
-    from probekit.report import plot_r2, plot_r2_by_position, results_table
+    from probekit.models.toy import checkpoint
+    from probekit.models.toy.train import TrainSettings, train
+    from probekit.models.toy.presets import build_config
+    from probekit.plugin.host import PluginHost
+    from probekit.probes.run import run_probe
+    from probekit.report.probes import plot_r2, plot_r2_by_position, results_table
 
     err = stderr_console()
     host = PluginHost.default()

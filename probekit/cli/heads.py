@@ -50,10 +50,10 @@ def heads(
     """Score every attention head of MODEL: previous-token, duplicate and induction attention on
     repeated random tokens, OV copying and QK prefix-matching eigen-scores, the ICL score, and
     the ICL score with heads ablated; or (--checkpoints) all of these through training."""
-    from probekit import heads_report as report
-    from probekit.dynamics import HeadsSettings, run_dynamics, run_heads
+    from probekit.report import heads as report
+    from probekit.lenses.heads.dynamics import HeadsSettings, run_dynamics, run_heads
     from probekit.errors import UsageError
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params
 
     if bool(model) == bool(checkpoints):
@@ -102,7 +102,7 @@ def heads(
 def _model_task(model: str) -> str:
     from probekit.errors import UsageError
     from probekit.models.adapters import parse_spec
-    from probekit.models.checkpoint import read
+    from probekit.models.toy.checkpoint import read
 
     scheme, rest = parse_spec(model)
     if scheme != "toy":
@@ -111,7 +111,7 @@ def _model_task(model: str) -> str:
 
 
 def _last_checkpoint(source: str) -> str:
-    from probekit.checkpoints import resolve
+    from probekit.cache.checkpoints import resolve
 
     return resolve(source)[-1].spec
 

@@ -32,9 +32,9 @@ def icl(
     """Score P(correct answer) for n = 0..N in-context examples; fit logit P against n; compare with
     the task's ideal Bayesian observer."""
     from probekit import outputs
-    from probekit.icl import ICLSettings, icl_curve, icl_table, plot_icl, save_curve
+    from probekit.lenses.icl import ICLSettings, icl_curve, icl_table, plot_icl, save_curve
     from probekit.models.adapters import load_adapter
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params
 
     outputs.check_output(plot, outputs.FIGURE, option="--plot")  # both outputs checked before any work

@@ -13,7 +13,7 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     """List plugins, the hooks they implement, and the tasks, models and hypotheses they registered."""
     from rich.table import Table
 
-    from probekit.plugins import ENV_PIN, PluginHost
+    from probekit.plugin.host import ENV_PIN, PluginHost
 
     rows = PluginHost.default().describe()
     if as_json:

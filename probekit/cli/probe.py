@@ -40,13 +40,13 @@ def probe(
     """Probe every layer of STORE for the targets of a hypothesis; print a table and write a PNG."""
     import contextlib
 
-    from probekit.plugins import PluginHost
-    from probekit.probing import ProbeSettings, dask_executor, run_probe
-    from probekit.report import (best_target, checkpoint_table, plot_r2, plot_r2_by_position, plot_r2_vs_checkpoint,
+    from probekit.plugin.host import PluginHost
+    from probekit.probes.run import ProbeSettings, dask_executor, run_probe
+    from probekit.report.probes import (best_target, checkpoint_table, plot_r2, plot_r2_by_position, plot_r2_vs_checkpoint,
                                  results_json, results_table)
 
     from probekit import outputs
-    from probekit.probing import save_results
+    from probekit.probes.run import save_results
 
     png = outputs.check_output(plot or default_plot_path(store, hypothesis), outputs.FIGURE, option="--plot")
     outputs.check_writable(store, option="STORE")  # the results are stored in it
@@ -73,7 +73,7 @@ def probe(
         if per_pos:
             pngs.append(plot_r2_by_position(results, path.with_name(f"{path.stem}.perpos{path.suffix}"),
                                             site=str(s), variable="r2_per_pos"))
-    from probekit.store import Store
+    from probekit.store.zarr_store import Store
 
     key = save_results(Store(store), results, hypothesis, settings)
     if as_json:

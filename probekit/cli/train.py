@@ -47,10 +47,10 @@ def train(
 ) -> None:
     """Train a toy transformer on TASK with fresh samples every step."""
     from probekit.models.adapters import resolve_device
-    from probekit.models.train import TrainSettings
-    from probekit.models.train import train as run_train
-    from probekit.models.zoo import build_config
-    from probekit.plugins import PluginHost
+    from probekit.models.toy.train import TrainSettings
+    from probekit.models.toy.train import train as run_train
+    from probekit.models.toy.presets import build_config
+    from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params
 
     from probekit import outputs
@@ -71,7 +71,7 @@ def train(
 
         path = run_train(task_obj, config, settings, out, device=resolve_device(device), on_step=on_step,
                          overwrite=overwrite)
-    from probekit.models.checkpoint import read
+    from probekit.models.toy.checkpoint import read
 
     info = read(path).training
     summary = {"checkpoint": str(path), "final_loss": info["final_loss"], "seconds": info["seconds"],

@@ -22,7 +22,7 @@ def verify(
     parses and that every block the manifest lists is on disk. Exit 0 if intact (or incomplete:
     resumable), 1 if damaged. Example: `probekit verify store/demo/demo.zarr --json`."""
     from probekit.errors import StoreError
-    from probekit.integrity import verify_store
+    from probekit.store.integrity import verify_store
 
     # the bar only on a terminal: a damaged store's report ends with exactly one error line
     with progress(f"verify {store.name}", 1, "chunks", enabled=not as_json and sys.stderr.isatty()) as update:

@@ -91,8 +91,8 @@ class ToyAdapter:
     def load(cls, rest: str, *, random_init: bool = False, init_seed: int = 12345, device: str = "cpu"):
         import torch
 
-        from probekit.models import checkpoint
-        from probekit.models.toy import build_model
+        from probekit.models.toy import checkpoint
+        from probekit.models.toy.model import build_model
 
         device = resolve_device(device)
         ckpt = checkpoint.read(Path(rest))
@@ -113,7 +113,7 @@ class ToyAdapter:
         return self.ckpt.config.d_model
 
     def site_layout(self, site: str, seq_len: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        """Store dims and per-sample shape of a site (see :data:`probekit.schema.SITE_DIMS`)."""
+        """Store dims and per-sample shape of a site (see :data:`probekit.store.schema.SITE_DIMS`)."""
         return site_layout(site, self.sites[site], seq_len, self.d_model, self.ckpt.config.n_heads)
 
     @property
@@ -151,7 +151,7 @@ class ToyAdapter:
     def provenance(self) -> dict:
         import torch
 
-        from probekit.models.checkpoint import weights_hash
+        from probekit.models.toy.checkpoint import weights_hash
 
         return {
             "model_spec": self.spec,
@@ -176,8 +176,7 @@ def decode_each(tokenizer, ids) -> list[list[str]]:
 
 def site_layout(site: str, n: int, seq_len: int, d_model: int, n_heads: int):
     """The conventional layout of a named site: ``(dims, shape without sample)``."""
-    from probekit import schema
-
+    from probekit.store import schema
     if site == "attn_pattern":
         return schema.PATTERN_DIMS, (n, n_heads, seq_len, seq_len)
     if site in ("attn_out", "mlp_out"):
@@ -189,8 +188,7 @@ def adapter_site_layout(adapter, site: str, seq_len: int):
     """An adapter's layout for ``site`` (adapters without ``site_layout`` store (layer, pos, feature))."""
     if hasattr(adapter, "site_layout"):
         return adapter.site_layout(site, seq_len)
-    from probekit import schema
-
+    from probekit.store import schema
     return schema.ACTIVATION_DIMS, (adapter.sites[site], seq_len, adapter.d_model)
 
 

@@ -218,8 +218,7 @@ class HFAdapter:
         """Store dims and per-sample shape of ``site``: ``resid`` is (layer, pos, feature) with
         layer 0 = embeddings; ``attn_pattern`` is (block, head, query, key) with block l = the
         l-th decoder block (1-based, its index 0 in the array)."""
-        from probekit import schema
-
+        from probekit.store import schema
         if site not in SITES:
             raise UnknownNameError("site", site, SITES)
         if site == "attn_pattern":
@@ -317,7 +316,7 @@ class HFAdapter:
         import torch
         import transformers
 
-        from probekit.models.checkpoint import weights_hash
+        from probekit.models.toy.checkpoint import weights_hash
 
         if self._hash is None:
             self._hash = weights_hash(self.model)

@@ -68,7 +68,7 @@ Sites (``n`` = number of blocks; TransformerLens blocks are ``blocks.0 .. blocks
   ``blocks.{l-1}.hook_attn_out`` / ``hook_mlp_out`` (no ``mlp_out`` for attention-only models).
 * ``attn_pattern``: ``n`` blocks ``[batch, block, head, query, key]``, ``blocks.{l-1}.attn.hook_pattern``.
 
-These are the TransformerLens hook names that :mod:`probekit.sites` already accepts as aliases,
+These are the TransformerLens hook names that :mod:`probekit.models.sites` already accepts as aliases,
 so ``--site blocks.3.hook_resid_post`` caches ``resid`` (layer 4 = that hook). Outputs are the
 logits ``[batch, pos, d_vocab_out]`` (float32).
 
@@ -629,7 +629,7 @@ def _place(model, device: str, dtype):
 
 def params_hash(model) -> str:
     """sha256 over parameter names, shapes and bytes (the same recipe as
-    :func:`probekit.models.checkpoint.weights_hash`, without buffers: TransformerLens grows its
+    :func:`probekit.models.toy.checkpoint.weights_hash`, without buffers: TransformerLens grows its
     causal-mask buffer as longer inputs arrive)."""
     import torch
 

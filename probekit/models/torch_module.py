@@ -144,7 +144,7 @@ class TorchModuleAdapter:
     def provenance(self) -> dict:
         import torch
 
-        from probekit.models.checkpoint import weights_hash
+        from probekit.models.toy.checkpoint import weights_hash
 
         return {"model_spec": self.spec, "model_hash": weights_hash(self.model), "random_init": self.random_init,
                 "init_seed": self.init_seed if self.random_init else None, "device": self.device,

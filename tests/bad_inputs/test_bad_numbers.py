@@ -16,9 +16,9 @@ from importlib import metadata
 import pytest
 
 from probekit.cli import run
-from probekit.hookspecs import hookimpl
-from probekit.hypotheses import Hypothesis
-from probekit.plugins import ENTRY_POINT_GROUP, ENV_PIN
+from probekit.plugin.hookspecs import hookimpl
+from probekit.targets.hypothesis import Hypothesis
+from probekit.plugin.host import ENTRY_POINT_GROUP, ENV_PIN
 
 CACHE = ["cache", "--model", "toy:model", "--out", "new.zarr"]
 TRAIN = ["train", "--out", "new-model"]
@@ -108,7 +108,7 @@ def test_zero_dask_workers_fail_before_a_cluster_starts(fails, monkeypatch):
     def no_cluster(*args, **kwargs):
         raise AssertionError("a dask cluster was started")
 
-    monkeypatch.setattr("probekit.probing.dask_executor", no_cluster)
+    monkeypatch.setattr("probekit.probes.run.dask_executor", no_cluster)
     fails(2, *PROBE, "--dask", "--workers", "0", match="--workers")
 
 
@@ -160,7 +160,7 @@ def _install(monkeypatch, name: str, module: types.ModuleType) -> None:
     real = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     ep = metadata.EntryPoint(name=name, value=module.__name__, group=ENTRY_POINT_GROUP)
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr("probekit.plugins.metadata.entry_points", lambda group: real + [ep])
+    monkeypatch.setattr("probekit.plugin.host.metadata.entry_points", lambda group: real + [ep])
     monkeypatch.setenv(ENV_PIN, f"rls,{name}")
 
 
@@ -174,7 +174,7 @@ def _plugin(module_name: str, **hooks) -> types.ModuleType:
 def test_a_plugin_that_fails_to_import_is_skipped(fails, monkeypatch, capsys):
     real = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     broken = metadata.EntryPoint(name="broken", value="probekit_no_such_module_xyz", group=ENTRY_POINT_GROUP)
-    monkeypatch.setattr("probekit.plugins.metadata.entry_points", lambda group: real + [broken])
+    monkeypatch.setattr("probekit.plugin.host.metadata.entry_points", lambda group: real + [broken])
     monkeypatch.setenv(ENV_PIN, "rls,broken")
     fails(2, "probe", "store.zarr", "-H", "broken", match="unknown hypothesis 'broken'; choose from: rls")
     # the warning is one line of its own, naming the plugin

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from probekit.cli import run
-from probekit.store import Store
+from probekit.store.zarr_store import Store
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # makes `support.*` importable
 from bad_inputs.conftest import snapshot  # noqa: E402
@@ -74,8 +74,7 @@ def test_overwrite_with_a_request_that_fails_leaves_the_store(fails, bad):
 
 
 def test_overwrite_that_fails_mid_run_leaves_the_old_store_intact(workdir, monkeypatch, capsys):
-    from probekit import cache
-
+    from probekit.cache import run as cache
     calls = {"n": 0}
     real = cache._to_store_dtype
 
@@ -105,8 +104,7 @@ def test_overwrite_replaces_a_store_and_leaves_no_sibling(workdir, capsys):
 
 
 def test_a_new_store_that_fails_before_its_first_block_is_removed(workdir, monkeypatch, capsys):
-    from probekit import cache
-
+    from probekit.cache import run as cache
     def broken(self, *a, **k):
         raise OSError("no space left on device")
 

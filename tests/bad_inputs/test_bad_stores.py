@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from probekit import schema
+from probekit.store import schema
 from probekit.cli import run
 from probekit.errors import StoreError
-from probekit.integrity import verify_store
-from probekit.store import Store
+from probekit.store.integrity import verify_store
+from probekit.store.zarr_store import Store
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from bad_inputs.conftest import snapshot  # noqa: E402
@@ -272,8 +272,8 @@ def test_check_chunks_ignores_unfinished_units_and_refuses_unknown_ones(ckpt_sto
 
 
 def test_a_damaged_chunk_read_names_variable_layer_samples_and_checkpoint(ckpt_store):
-    from probekit.categorical import gather_rows
-    from probekit.probing import CheckpointView
+    from probekit.probes.logistic import gather_rows
+    from probekit.probes.run import CheckpointView
 
     flip_byte(_ckpt_chunk(ckpt_store, (1, 1, 2, 0, 0)))
     view = CheckpointView(ckpt_store.array("resid"), 1)

@@ -31,7 +31,7 @@ def build(scale: float = 1.0, *, vocab: int = VOCAB, max_len: int = MAX_LEN, sha
     """The model (a ``ToyTransformer``) and its ``ToyConfig``."""
     import torch
 
-    from probekit.models.toy import ToyConfig, ToyTransformer
+    from probekit.models.toy.model import ToyConfig, ToyTransformer
 
     d = 3 * vocab + max_len
     d += d % 2  # two heads
@@ -64,8 +64,7 @@ def build(scale: float = 1.0, *, vocab: int = VOCAB, max_len: int = MAX_LEN, sha
 
 def save(path: str | Path, scale: float = 1.0, step: int | None = None) -> Path:
     """Save the constructed model as a toy checkpoint (task ``repeated-tokens``)."""
-    from probekit.models import checkpoint
-
+    from probekit.models.toy import checkpoint
     model, cfg = build(scale)
     training = {} if step is None else {"step": step, "history": [[step, 0.0]] if step else []}
     return checkpoint.save(model, checkpoint.Checkpoint(cfg, "repeated-tokens", dict(TASK_PARAMS), training), path)

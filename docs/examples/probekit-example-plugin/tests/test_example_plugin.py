@@ -13,7 +13,6 @@ import pytest
 from probekit_example import GaussianMean, RunningMean
 
 from probekit import testing
-
 ENV = {k: v for k, v in os.environ.items() if k != "PROBEKIT_LOAD_PLUGINS"}  # every installed plugin loads
 
 
@@ -38,7 +37,7 @@ def test_hypothesis_conforms():
 
 
 def test_registered_through_the_entry_point():
-    from probekit.plugins import PluginHost
+    from probekit.plugin.host import PluginHost
 
     host = PluginHost.default(pin=["example"])
     assert host.tasks.get("gaussian-mean") is GaussianMean

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probekit.errors import UsageError
-from probekit.hypotheses import Hypothesis, Target
+from probekit.targets.hypothesis import Hypothesis, Target
 from probekit.tasks import ModelIO, Task
 
 

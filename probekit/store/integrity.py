@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
-from probekit import schema
+from probekit.store import schema
 from probekit.errors import StoreError
 
 OK, INCOMPLETE, DAMAGED = "ok", "incomplete", "damaged"

@@ -1,6 +1,6 @@
 """A model seen through hooks: where its resid layers, heads and blocks are, and one forward pass
 with patches (resid vectors replaced), an ablation (heads or blocks zeroed or mean-replaced) and
-the resid stream captured. :mod:`probekit.interventions` builds patching and ablation on it.
+the resid stream captured. :mod:`probekit.lenses.interventions.patching` builds patching and ablation on it.
 
 Works on ``toy:`` (token inputs), ``hf:`` (causal LMs) and ``torch:`` (resid patching only) adapters.
 """

@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 
 import probekit
-from probekit import schema
+from probekit.store import schema
 from probekit.errors import DataError, StoreError, UnknownNameError, UsageError
-from probekit.store import Store
+from probekit.store.zarr_store import Store
 
 TARGET_CHUNK_BYTES = 4 * 2**20  # one (block, layer) chunk; DESIGN asks for 1-64 MB
 
@@ -156,7 +156,7 @@ def _check_layouts(adapter, sites, seq_len: int) -> None:
 
 
 def _describe_difference(old: dict, new: dict) -> str:
-    from probekit.checkpoints import short_list
+    from probekit.cache.checkpoints import short_list
 
     keys = list(new) + [k for k in old if k not in new and k in IDENTITY_DEFAULTS]
     diffs = []
@@ -270,7 +270,7 @@ def _prepare(host, req: CacheRequest):
     sample = task.generate(1, req.seed)
     if hasattr(adapter, "prepare"):  # adapters of plain modules learn their sizes from one sample
         adapter.prepare(np.asarray(sample[task.io.input_var].values))
-    from probekit.sites import canonical_sites
+    from probekit.models.sites import canonical_sites
 
     req = dataclasses.replace(req, sites=canonical_sites(req.sites, adapter.sites)[0])  # TransformerLens names
     for site in req.sites:
@@ -365,7 +365,7 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
 
 def _resolve_checkpoints(req: CacheRequest):
     """``req`` with its checkpoints resolved (``model`` becomes the last of them) and the refs."""
-    from probekit import checkpoints
+    from probekit.cache import checkpoints
     from probekit.models.adapters import parse_spec
 
     if req.random_init:
@@ -386,7 +386,7 @@ def _resolve_checkpoints(req: CacheRequest):
 
 
 def _checkpoint_coords(host, refs) -> dict:
-    from probekit.checkpoints import weights_hashes
+    from probekit.cache.checkpoints import weights_hashes
 
     return {schema.CHECKPOINT: np.asarray([r.step for r in refs], dtype=np.int64),
             schema.CHECKPOINT_PATH: (schema.CHECKPOINT, [r.path for r in refs]),

@@ -33,15 +33,14 @@ class CheckpointRef:
 
 
 def is_toy_checkpoint(path: Path) -> bool:
-    from probekit.models.checkpoint import CONFIG, WEIGHTS
+    from probekit.models.toy.checkpoint import CONFIG, WEIGHTS
 
     return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
 def resolve(source: str) -> list[CheckpointRef]:
     """The toy checkpoints named by ``source`` (a directory of them, or a glob), by training step."""
-    from probekit.models import checkpoint
-
+    from probekit.models.toy import checkpoint
     if any(c in source for c in GLOB_CHARS):
         found = [Path(p) for p in sorted(glob.glob(source)) if is_toy_checkpoint(Path(p))]
         if not found:
@@ -79,8 +78,7 @@ def _step(path: Path, training: dict) -> int:
 
 def check_compatible(paths: list[str]) -> None:
     """Refuse checkpoints that differ in architecture or task, naming the first that does and how."""
-    from probekit.models import checkpoint
-
+    from probekit.models.toy import checkpoint
     first = checkpoint.read(paths[0])
     ref = _describe(first)
     for path in paths[1:]:

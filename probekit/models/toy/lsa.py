@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from probekit.models.toy import HookPoint, ToyConfig
+from probekit.models.toy.model import HookPoint, ToyConfig
 
 
 class LSALayer(nn.Module):

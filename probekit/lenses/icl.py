@@ -36,10 +36,10 @@ class ICLSettings:
 
 def answer_log_probs(adapter, texts: list[str], answers: list[str], batch_size: int = 16) -> np.ndarray:
     """log P(answer tokens | prompt) for each pair, by teacher forcing: the answer's tokens are
-    found by :func:`probekit.prompt_pairs.encode_prompt` and scored by
-    :func:`probekit.interventions.answer_logprobs` (the same path ``probekit patch`` uses)."""
-    from probekit.interventions import answer_logprobs
-    from probekit.prompt_pairs import encode_prompt
+    found by :func:`probekit.lenses.interventions.pairs.encode_prompt` and scored by
+    :func:`probekit.lenses.interventions.patching.answer_logprobs` (the same path ``probekit patch`` uses)."""
+    from probekit.lenses.interventions.patching import answer_logprobs
+    from probekit.lenses.interventions.pairs import encode_prompt
 
     if not hasattr(adapter, "tokenizer"):
         raise UsageError(f"in-context curves need a model with a tokenizer (hf:); {adapter.spec} has none")
@@ -152,6 +152,6 @@ def plot_icl(res, path):
     ax.set_title(f"{res.attrs['model_spec']} · {res.attrs['task']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from probekit.report import save_figure
+    from probekit.report.probes import save_figure
 
     return save_figure(fig, path)

@@ -4,7 +4,7 @@ In the spirit of scikit-learn's ``check_estimator``: each ``check_*`` function b
 object, exercises the contract of ``probekit/hookspecs.py`` and raises ``AssertionError``
 saying what is wrong (the first problem found). ::
 
-    from probekit.testing import assert_store_valid, check_hypothesis, check_model_adapter, check_task
+    from probekit.testing.checks import assert_store_valid, check_hypothesis, check_model_adapter, check_task
 
     def test_my_task():
         check_task(MyTask, {"dim": 3})
@@ -31,7 +31,7 @@ The checks, in short (docs/plugins.md says more):
   padded positions and leave the rest unchanged; unknown sites and bad specs refused with
   probekit errors; JSON provenance with the attributes every store needs; random
   initialisation reproducible under its seed.
-* :func:`assert_store_valid` — ``probekit.schema.validate_store`` plus the layout rules of
+* :func:`assert_store_valid` — ``probekit.store.schema.validate_store`` plus the layout rules of
   ``docs/store-spec.md`` (chunking, dtypes, manifest, the ``random_init`` group, probe results).
 
 Importing this module is light (numpy and probekit's own light modules); torch, zarr and
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from probekit import schema
+from probekit.store import schema
 from probekit.errors import PluginError, ProbekitError, StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ def check_hypothesis(hyp_cls: type, ds: "xr.Dataset | str | Path | None" = None,
     """
     import xarray as xr
 
-    from probekit.hypotheses import MASK_SUFFIX, TARGET_KINDS, target_names
+    from probekit.targets.hypothesis import MASK_SUFFIX, TARGET_KINDS, target_names
 
     what = f"hypothesis {getattr(hyp_cls, 'name', hyp_cls)!r}"
     options = dict(options or {})
@@ -259,7 +259,7 @@ def check_hypothesis(hyp_cls: type, ds: "xr.Dataset | str | Path | None" = None,
         _check(task is not None, what, "pass a store Dataset (ds=...) or a task to generate one (task=...)")
         ds = task.generate(n, seed)
     elif isinstance(ds, (str, Path)):
-        from probekit.store import Store
+        from probekit.store.zarr_store import Store
 
         ds = Store.open(ds).dataset()
     before = ds.copy(deep=True).load()
@@ -471,7 +471,7 @@ def _check_padding(adapter, inputs, valid, names, acts, out, what, rtol, atol) -
 def assert_store_valid(store: "str | Path | xr.Dataset", *, complete: bool = True) -> None:
     """Assert that ``store`` (a path, or a store's root Dataset) follows ``docs/store-spec.md``.
 
-    Runs :func:`probekit.schema.validate_store` and, for a path, also checks what only the
+    Runs :func:`probekit.store.schema.validate_store` and, for a path, also checks what only the
     files show: activation chunks of one layer of one sample block, dtypes as recorded,
     the manifest (``complete``: every sample block written), the ``random_init`` group and
     every ``probes/<hypothesis>/<id>`` results group. Raises ``AssertionError`` listing every
@@ -482,7 +482,7 @@ def assert_store_valid(store: "str | Path | xr.Dataset", *, complete: bool = Tru
     if isinstance(store, xr.Dataset):
         problems = schema.validate_store(store)
     else:
-        from probekit.store import Store
+        from probekit.store.zarr_store import Store
 
         try:
             opened = Store.open(store)

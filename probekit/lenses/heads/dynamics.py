@@ -12,7 +12,7 @@
   the direction of the curve's overall change (the knee), and the steepest single interval.
 
 :func:`run_heads` gathers one model's head table (pattern and weight scores from
-:mod:`probekit.circuits`), ICL score and ablation; :func:`run_dynamics` follows the ICL
+:mod:`probekit.lenses.heads.circuits`), ICL score and ablation; :func:`run_dynamics` follows the ICL
 score and the head scores through the checkpoints of a training run.
 """
 
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from probekit import circuits
+from probekit.lenses.heads import circuits
 from probekit.errors import DataError, UnknownNameError, UsageError
 
 ABLATIONS = ("zero", "mean")
@@ -117,7 +117,7 @@ def _run(adapter, inputs, sites, valid=None):
 
 
 def head_pattern_scores(adapter, tokens: np.ndarray, segment: int, prefix: int, batch_size: int = 64):
-    """:data:`~probekit.circuits.PATTERN_SCORES` ``[layer, head]`` of ``adapter`` on repeated tokens."""
+    """:data:`~probekit.lenses.heads.circuits.PATTERN_SCORES` ``[layer, head]`` of ``adapter`` on repeated tokens."""
     if "attn_pattern" not in adapter.sites:
         raise UsageError(f"{adapter.spec} exposes no attention patterns (site attn_pattern)")
     totals, count = None, 0
@@ -354,8 +354,8 @@ def run_heads(host, model: str, settings: HeadsSettings | None = None, *,
 def heads_for_adapter(host, adapter, settings: HeadsSettings, *, on_progress=None, icl: bool = True):
     """:func:`run_heads` on a loaded adapter; ``icl=False`` skips the ICL score and ablation.
 
-    Returns a Dataset with ``(layer, head)`` scores (:data:`~probekit.circuits.PATTERN_SCORES`,
-    :data:`~probekit.circuits.WEIGHT_SCORES`), the eigenvalues behind the weight scores
+    Returns a Dataset with ``(layer, head)`` scores (:data:`~probekit.lenses.heads.circuits.PATTERN_SCORES`,
+    :data:`~probekit.lenses.heads.circuits.WEIGHT_SCORES`), the eigenvalues behind the weight scores
     (``ov_eig_real/imag``, ``qk_eig_real/imag`` along ``eig``), ``loss_by_pos`` (``run``: clean,
     ablated) and JSON attrs ``icl``, ``ablation`` and ``qk_prev_head``."""
     import xarray as xr
@@ -451,7 +451,7 @@ def run_dynamics(host, source: str, settings: HeadsSettings | None = None, *,
     block 0 in a one-block model) located."""
     import xarray as xr
 
-    from probekit import checkpoints
+    from probekit.cache import checkpoints
     from probekit.models.adapters import load_adapter
 
     settings = settings or HeadsSettings()

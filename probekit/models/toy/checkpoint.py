@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probekit.errors import CheckpointError
-from probekit.models.toy import ToyConfig
+from probekit.models.toy.model import ToyConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -1,6 +1,6 @@
 """probekit's built-in model adapters, registered like any plugin's."""
 
-from probekit.hookspecs import hookimpl
+from probekit.plugin.hookspecs import hookimpl
 
 
 @hookimpl

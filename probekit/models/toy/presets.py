@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from probekit.errors import UnknownNameError
-from probekit.models.toy import ToyConfig
+from probekit.models.toy.model import ToyConfig
 from probekit.tasks import ModelIO
 
 #: preset name -> ToyConfig fields (d_in, d_out, input_kind and max_len come from the task)

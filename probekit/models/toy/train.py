@@ -11,8 +11,8 @@ from typing import Callable
 import numpy as np
 
 from probekit.errors import UsageError
-from probekit.models import checkpoint
-from probekit.models.toy import ToyConfig
+from probekit.models.toy import checkpoint
+from probekit.models.toy.model import ToyConfig
 from probekit.tasks import Task
 
 
@@ -119,7 +119,7 @@ def train(
 def _train(task: Task, config: ToyConfig, settings: TrainSettings, out: Path, *, device, on_step, log_every) -> Path:
     import torch
 
-    from probekit.models.toy import build_model
+    from probekit.models.toy.model import build_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)

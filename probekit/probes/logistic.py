@@ -1,7 +1,7 @@
 """Categorical targets: sample-grouped CV of logistic probes, control tasks and selectivity.
 
 For a categorical target (integer class per position) each (site, layer) gets a
-:class:`probekit.estimators.LogisticProbe` per outer fold (folds grouped by sample, as for
+:class:`probekit.probes.estimators.LogisticProbe` per outer fold (folds grouped by sample, as for
 ridge) and reports pooled held-out accuracy. When the hypothesis gives each position a
 *type* (e.g. the input token there), a **control task** (Hewitt & Liang 2019) assigns each
 type a fixed random label drawn from the target's own label distribution; the same probe on
@@ -27,7 +27,7 @@ def gather_rows(arr, layer: int, mask: np.ndarray) -> np.ndarray:
             try:
                 parts.append(np.asarray(arr[s0 : s0 + block, layer], dtype=np.float32)[m])
             except (ValueError, RuntimeError, OSError, TypeError) as exc:  # crc32c mismatch, truncated chunk
-                from probekit.integrity import read_error
+                from probekit.store.integrity import read_error
 
                 raise read_error(arr, layer, s0, min(arr.shape[0], s0 + block), exc) from exc
     return np.concatenate(parts) if parts else np.zeros((0, arr.shape[-1]), np.float32)
@@ -37,7 +37,7 @@ def cv_accuracy(X: np.ndarray, y: np.ndarray, row_fold: np.ndarray, n_folds: int
                 max_iter: int = 100, device: str = "cpu") -> float:
     """Pooled held-out accuracy of logistic probes fitted with each fold held out in turn
     (features standardised on each training set)."""
-    from probekit.estimators import LogisticProbe
+    from probekit.probes.estimators import LogisticProbe
 
     correct = 0
     for j in range(n_folds):

@@ -1,7 +1,7 @@
 """``probekit patch`` end to end: patch (and ablate) a model on prompt pairs, then save, tabulate, plot.
 
-:func:`run_patch` loads the model, encodes the pairs (:mod:`probekit.prompt_pairs`) and runs
-:func:`probekit.interventions.patch_residual` once without ablation and, when an ablation is
+:func:`run_patch` loads the model, encodes the pairs (:mod:`probekit.lenses.interventions.pairs`) and runs
+:func:`probekit.lenses.interventions.patching.patch_residual` once without ablation and, when an ablation is
 asked for, once more with it; the results are stacked along a ``condition`` dim (``"none"``, then
 the ablation's label). :func:`save_patch` writes them as a zarr group: under ``patching/<id>`` of
 an existing zarr store, else as a new standalone zarr store.
@@ -50,9 +50,9 @@ def run_patch(host, model: str, records: list[dict], settings: PatchSettings, *,
     import xarray as xr
 
     from probekit import __version__
-    from probekit.interventions import Ablation, hooked_model, parse_blocks, parse_heads, patch_residual
+    from probekit.lenses.interventions.patching import Ablation, hooked_model, parse_blocks, parse_heads, patch_residual
     from probekit.models.adapters import load_adapter
-    from probekit.prompt_pairs import encode_pairs
+    from probekit.lenses.interventions.pairs import encode_pairs
 
     adapter = load_adapter(host, model, device=settings.device, dtype=settings.model_dtype)
     hooked = hooked_model(adapter)
@@ -111,7 +111,7 @@ def save_patch(ds, out: str | Path, rid: str | None = None) -> tuple[Path, str]:
     import zarr
 
     from probekit import outputs
-    from probekit.store import _quiet, _vlen_strings
+    from probekit.store.zarr_store import _quiet, _vlen_strings
 
     out = Path(out)
     if out.suffix == ".zarr" and outputs.describe(out) in (outputs.STORE, outputs.PATCH):  # a new group in it
@@ -254,6 +254,6 @@ def plot_patch(ds, path) -> Path:
         fig.colorbar(im, ax=ax, label="recovered fraction", shrink=0.8)
     fig.suptitle(f"{ds.attrs['model_spec']} · patching resid A → B · {ds.sizes['pair']} pairs", fontsize=9)
     fig.tight_layout()
-    from probekit.report import save_figure
+    from probekit.report.probes import save_figure
 
     return save_figure(fig, path)

@@ -78,7 +78,7 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
-    from probekit.report import save_figure
+    from probekit.report.probes import save_figure
 
     return save_figure(fig, path)
 

@@ -49,7 +49,7 @@ class ToyConfig:
     max_len: int = 128
     positional: bool = True  # learned positional embeddings
     causal: bool = True
-    arch: str = "transformer"  # or "lsa": von Oswald's linear self-attention on raw tokens (probekit.models.lsa)
+    arch: str = "transformer"  # or "lsa": von Oswald's linear self-attention on raw tokens (probekit.models.toy.lsa)
     shared: bool = False  # lsa: every layer uses the same weights (a recurrent / looped model)
     init_std: float = 0.0  # std of the initial weights; 0 means the arch's default
 
@@ -175,9 +175,9 @@ class ToyTransformer(nn.Module):
 
 def build_model(cfg: ToyConfig) -> nn.Module:
     """The toy model a config describes: a :class:`ToyTransformer` or, for ``arch="lsa"``, an
-    :class:`~probekit.models.lsa.LSATransformer` (same hook names)."""
+    :class:`~probekit.models.toy.lsa.LSATransformer` (same hook names)."""
     if cfg.arch == "lsa":
-        from probekit.models.lsa import LSATransformer
+        from probekit.models.toy.lsa import LSATransformer
 
         return LSATransformer(cfg)
     return ToyTransformer(cfg)

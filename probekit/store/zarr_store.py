@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from probekit import schema
+from probekit.store import schema
 from probekit.errors import StoreError, StoreLockedError
 
 
@@ -221,7 +221,7 @@ class Store:
 
     def blocks_done(self, group: str | None = None) -> set:
         """Completed units: sample block indices, or ``(checkpoint, block)`` pairs."""
-        from probekit.integrity import damaged, manifest_units
+        from probekit.store.integrity import damaged, manifest_units
 
         try:
             return manifest_units(self.attrs(group).get(schema.MANIFEST_ATTR, []))
@@ -238,7 +238,7 @@ class Store:
         """Whether every sample block (of every checkpoint) of the root (or of ``group``) has been written."""
         if group and not self.has_group(group):
             return False
-        from probekit.integrity import expected_units
+        from probekit.store.integrity import expected_units
 
         units = expected_units(self.attrs(group))  # (a manifest listing units the group lacks never counts)
         return bool(units) and units <= self.blocks_done(group)
@@ -246,8 +246,8 @@ class Store:
     def check_chunks(self, group: str | None = None, names=None) -> None:
         """Raise :class:`StoreError` if a chunk of a finished sample block of the group's sites and
         model outputs (or of ``names``) is missing, or its metadata is unreadable: zarr would read
-        a missing chunk as zeros. Lists files, reads no data (:func:`probekit.integrity.check_chunks`)."""
-        from probekit.integrity import check_chunks
+        a missing chunk as zeros. Lists files, reads no data (:func:`probekit.store.integrity.check_chunks`)."""
+        from probekit.store.integrity import check_chunks
 
         check_chunks(self, group, names)
 
