@@ -1,0 +1,42 @@
+"""What an adapter can do, declared instead of sniffed.
+
+An adapter class lists its optional capabilities in ``capabilities`` (a frozenset of the
+names below). A lens that needs one calls :func:`require` once, which raises one clear
+:class:`~probekit.errors.UsageError`; nothing outside ``probekit.models`` inspects an adapter
+with ``hasattr``/``getattr``.
+"""
+
+from __future__ import annotations
+
+from probekit.errors import UsageError
+
+CAPABILITIES = {
+    "tokens": "token-id inputs (a language model)",
+    "tokenizer": "a tokenizer (text prompts: --text, icl, patch with text pairs)",
+    "heads": "addressable attention heads (head ablation, attention patterns)",
+    "weights": "readable attention weights (OV/QK circuit scores)",
+    "patching": "a hookable residual stream (activation patching and ablation)",
+    "task": "the task it was trained on (a toy checkpoint: --task may be omitted)",
+    "prepare": "sizes learnt from one sample of inputs (a plain torch module)",
+}
+
+
+def capabilities(adapter) -> frozenset[str]:
+    """The capabilities ``adapter`` (an instance or a class) declares."""
+    return frozenset(getattr(adapter, "capabilities", ()))
+
+
+def has(adapter, capability: str) -> bool:
+    """Whether ``adapter`` declares ``capability`` (a name from :data:`CAPABILITIES`)."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; choose from: {', '.join(CAPABILITIES)}")
+    return capability in capabilities(adapter)
+
+
+def require(adapter, capability: str, what: str) -> None:
+    """Raise a one-line :class:`UsageError` unless ``adapter`` declares ``capability``;
+    ``what`` names the thing that needs it (e.g. ``"--ablate-heads"``)."""
+    if not has(adapter, capability):
+        spec = getattr(adapter, "spec", type(adapter).__name__)
+        raise UsageError(f"{what} needs a model with {CAPABILITIES[capability]}; {spec} does not declare "
+                         f"the {capability!r} capability")
