@@ -144,7 +144,7 @@ def store_read_times(X, groups, positions, repeat=3) -> dict:
     import tempfile
     from pathlib import Path
 
-    from probekit.cache.run import sample_block
+    from probekit.cache.plan import sample_block
     from probekit.store.zarr_store import Store
 
     d = X.shape[1]

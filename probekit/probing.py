@@ -1,5 +1,13 @@
-"""Deprecated import path: moved to ``probekit.probes.run`` (public names: ``from probekit import ...``)."""
+"""Deprecated import path: moved to ``probekit.probes`` (public names: ``from probekit import ...``)."""
 
 from probekit._moved import forward
 
-__getattr__ = forward("probekit.probing", "probekit.probes.run")
+_MOVED = {  # names that left probekit.probes.run when it was split
+    "SerialExecutor": "probekit.probes.executors", "DaskExecutor": "probekit.probes.executors",
+    "dask_executor": "probekit.probes.executors", "CheckpointView": "probekit.probes.blocks",
+    "permuted_targets": "probekit.probes.baselines", "stratified_permutations": "probekit.probes.baselines",
+}
+
+
+def __getattr__(name: str):
+    return forward("probekit.probing", _MOVED.get(name, "probekit.probes.run"))(name)

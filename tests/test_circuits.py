@@ -16,6 +16,7 @@ from probekit.lenses.heads import circuits
 from probekit.lenses.heads import dynamics
 from probekit.cli import run
 from probekit.errors import UsageError
+from probekit.models.hooks import parse_heads
 from probekit.plugin.host import PluginHost
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -216,7 +217,7 @@ def test_zero_ablation_equals_zeroing_the_heads_output_weights(built):
     _, want = adapter.run(x, [])
     np.testing.assert_allclose(out, want, atol=1e-5)
     with pytest.raises(UsageError, match="does not exist"):
-        circuits.parse_heads("2.0", 2, 2)
+        parse_heads("2.0", 2, 2)
 
 
 def test_heads_cli_table_json_and_plots(built, tmp_path, capsys):

@@ -128,6 +128,10 @@ def test_assert_store_valid_names_the_problems(tiny_store, tmp_path):
     with pytest.raises(AssertionError) as err:
         testing.assert_store_valid(broken)
     assert "missing attribute 'model_hash'" in str(err.value) and "incomplete" in str(err.value)
+    assert "(check 'schema')" in str(err.value) and "(check 'complete')" in str(err.value)
+    checks = dict(testing.yield_store_checks(broken))
+    with pytest.raises(AssertionError, match="check 'complete' failed: .*incomplete"):
+        checks["complete"]()
     with pytest.raises(AssertionError, match="no store at"):
         testing.assert_store_valid(tmp_path / "none.zarr")
 
@@ -210,9 +214,123 @@ def test_check_model_adapter_catches_batch_dependence(tiny_checkpoint):
         testing.check_model_adapter(Leaky, str(tiny_checkpoint), inputs=inputs, random_init=False)
 
 
+# -- one pytest id per named check (testing.parametrize_with_checks) ---------------------------
+
+
+@testing.parametrize_with_checks(testing.yield_task_checks(HOST.tasks.get("lds"), TASK_PARAMS["lds"], name="lds"))
+def test_lds_task_check(check):
+    check()
+
+
+@testing.parametrize_with_checks(testing.yield_hypothesis_checks(
+    HOST.hypotheses.get("rls"), task=_task("lds"), name="rls", unsupported=[_unsupported("lds")]))
+def test_rls_hypothesis_check(check):
+    check()
+
+
+@testing.parametrize_with_checks(testing.yield_hypothesis_checks(HOST.hypotheses.get("gd"), task=_task("linreg"),
+                                                                 name="gd"))
+def test_gd_hypothesis_check(check):  # a hypothesis that predicts: fit / predict checks too
+    check()
+
+
+def _toy_checks(rest: str = "unused"):
+    inputs = _task("lds").generate(3, 7)["x"].values
+    return testing.yield_model_adapter_checks(HOST.models.get("toy"), rest, inputs=inputs,
+                                              bad_rest="/nonexistent/checkpoint")
+
+
+@pytest.fixture(scope="module")
+def toy_checks(tiny_checkpoint):
+    return dict(_toy_checks(str(tiny_checkpoint)))  # one shared case: the model loads once
+
+
+@pytest.mark.parametrize("name", testing.check_names(_toy_checks()))  # building a suite runs nothing
+def test_toy_adapter_check(toy_checks, name):
+    toy_checks[name]()
+
+
+def test_the_suites_name_their_checks():
+    hyp = testing.check_names(testing.yield_hypothesis_checks(HOST.hypotheses.get("gd"), task=_task("linreg")))
+    assert {"targets_aligned", "deterministic", "fitted_before_fit", "predict_shape"} <= set(hyp)
+    assert "refuses_unsupported" not in hyp  # only with unsupported stores
+    assert "predict_shape" not in testing.check_names(testing.yield_hypothesis_checks(HOST.hypotheses.get("rls"),
+                                                                                      task=_task("lds")))
+    toy = testing.check_names(_toy_checks())
+    assert {"site_layouts", "batch_independent", "random_init", "refuses_bad_spec"} <= set(toy)
+    assert "padding" not in toy  # only with a valid= mask
+    assert len(toy) == len(set(toy)) and len(hyp) == len(set(hyp))
+
+
+def test_adapter_checks_follow_declared_capabilities():
+    toy = HOST.models.get("toy")
+    inputs = np.zeros((2, 3, 1))
+
+    class Speaks(toy):
+        capabilities = frozenset({"tokenizer"})
+
+    class Mute(toy):
+        capabilities = frozenset()
+
+    assert "tokenizer" in testing.check_names(testing.yield_model_adapter_checks(Speaks, "x", inputs=inputs))
+    assert "tokenizer" not in testing.check_names(testing.yield_model_adapter_checks(Mute, "x", inputs=inputs))
+
+    class Unknown(toy):
+        capabilities = frozenset({"telepathy"})
+
+    checks = dict(testing.yield_model_adapter_checks(Unknown, "x", inputs=inputs))
+    with pytest.raises(AssertionError, match=r"check 'capabilities_known' failed: .*telepathy"):
+        checks["capabilities_known"]()
+
+
+def test_a_failure_names_its_check():
+    base = _lds_task_cls()
+
+    class Seedless(base):
+        name = "seedless"
+
+        def generate(self, n, seed):
+            return super().generate(n, 0).assign_attrs(seed=seed)
+
+    with pytest.raises(testing.CheckFailed, match="check 'seed_changes_samples' failed: task 'seedless': ") as err:
+        testing.check_task(Seedless, {"dim": 2, "length": 4})
+    assert err.value.check == "seed_changes_samples"
+
+
+def test_fitted_before_fit_says_what_to_do():
+    from probekit.targets.hypothesis import Hypothesis, Target
+
+    class Unfitted(Hypothesis):
+        name = "unfitted"
+        requires = ("x",)
+
+        def fit(self, ds):
+            self.hparams = {"k": 1}
+            return self
+
+        def fitted(self):
+            return dict(self.hparams)  # AttributeError before fit
+
+        def compute(self, ds):
+            x = ds["x"].values
+            return [Target("x", x, np.ones(x.shape[:2], bool), "x")]
+
+    with pytest.raises(AssertionError, match=r"check 'fitted_before_fit' failed: .*before fit\(\) was called; .*"
+                       r"return \{\}"):
+        testing.check_hypothesis(Unfitted, task=_task("lds"))
+
+
+def test_store_checks_are_named(tiny_store, tmp_path):
+    names = testing.check_names(testing.yield_store_checks(tiny_store))
+    assert names[0] == "schema" and {"chunking", "dtypes", "complete", "probe_results"} <= set(names)
+    for _name, check in testing.yield_store_checks(tiny_store):
+        check()
+    assert testing.check_names(testing.yield_store_checks(tiny_store, complete=False)).count("complete") == 0
+
+
 def test_testing_is_importable_without_heavy_modules():
     import subprocess
 
-    code = "import probekit.testing.checks, sys; print(' '.join(sorted(m for m in ('torch', 'zarr', 'sklearn') if m in sys.modules)))"
+    code = "import probekit.testing, probekit.testing.checks, sys; print(' '.join(sorted(m for m in ('torch', 'zarr', 'sklearn') if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""

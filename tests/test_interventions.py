@@ -159,7 +159,7 @@ def test_patching_finds_an_exact_induction_circuit_where_it_is():
     """The hand-built induction model (tests/support/induction_models.py): block 1's head copies the
     token after the previous occurrence of the current one, so only resid layer 2 at the last position
     carries the answer from the repeated sequence A into the bare suffix B."""
-    from probekit.models.adapters import ToyAdapter
+    from probekit.models.toy.adapter import ToyAdapter
     from probekit.models.toy.checkpoint import Checkpoint
     from support import induction_models as im
 

@@ -75,7 +75,7 @@ def test_null_model_is_a_setting_and_survives_json(tiny_store, noise_host):
 
 
 def test_stratified_permutations_keep_masks():
-    from probekit.probes.run import stratified_permutations
+    from probekit.probes.baselines import stratified_permutations
 
     mask = np.ones((50, 6), bool)
     mask[::3, :2] = False  # two mask patterns
@@ -90,7 +90,7 @@ def test_permuted_targets_shuffle_even_when_every_mask_is_unique():
     """A target defined at sample-specific positions (e.g. only where a token repeats): swapping
     whole samples with identical masks would leave every sample in place, so the baseline would
     equal the model. Values are then permuted per position among the samples defined there."""
-    from probekit.probes.run import permuted_targets
+    from probekit.probes.baselines import permuted_targets
 
     rng = np.random.default_rng(0)
     mask = rng.random((200, 12)) < 0.5  # every row its own pattern
@@ -123,7 +123,7 @@ def test_signal_has_a_tight_ci_and_per_position_scores(tiny_store, host):
 
 def test_dask_path_equals_the_in_memory_path(tiny_store, host):
     pytest.importorskip("distributed")
-    from probekit.probes.run import dask_executor
+    from probekit.probes.executors import dask_executor
 
     settings = ProbeSettings(n_folds=3, n_boot=200, targets=("current_state", "rls_pred", "precond"))
     local, _ = run_probe(host, tiny_store, "rls", settings)

@@ -6,7 +6,7 @@ It uses only probekit's public API and registers through the ``probekit``
 entry-point group, exactly as a third-party plugin would.
 """
 
-from probekit.plugin.hookspecs import hookimpl
+from probekit import hookimpl
 
 from probekit_bayes.hypothesis import BayesHypothesis
 from probekit_bayes.tasks import AffinePromptsTask, CoinFiniteTask, CoinTask, MarkovTask

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.errors import DataError, StoreError, UsageError
-from probekit.targets.hypothesis import Hypothesis, Target
+from probekit import DataError, Hypothesis, StoreError, Target, UsageError
 
 from probekit_bayes import posterior
 

@@ -5,7 +5,7 @@ and ``pgd``. It uses only probekit's public API and is registered through the
 ``probekit`` entry-point group, exactly as a third-party plugin would be.
 """
 
-from probekit.plugin.hookspecs import hookimpl
+from probekit import hookimpl
 
 from probekit_gd.hypotheses import GDHypothesis, GDPPHypothesis, PGDHypothesis
 from probekit_gd.linreg import AhnLinRegTask, LinRegTask

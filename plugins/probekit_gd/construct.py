@@ -35,7 +35,7 @@ def gd_model(d: int, n_ctx: int, etas, gammas=None, *, dtype=None):
     """A stacked :class:`~probekit.models.toy.lsa.LSATransformer` whose layer k does GD (++) step k."""
     import torch
 
-    from probekit.models.toy.model import ToyConfig, build_model
+    from probekit import ToyConfig, build_model
 
     K = len(etas)
     cfg = ToyConfig(d_in=d + 1, d_out=1, d_model=d + 1, n_heads=1, n_layers=K, arch="lsa", attention="linear",

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.errors import DataError, UsageError
-from probekit.targets.hypothesis import Hypothesis, Target
+from probekit import DataError, Hypothesis, Target, UsageError
 
 from probekit_gd import algorithms
 

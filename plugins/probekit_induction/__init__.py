@@ -3,12 +3,12 @@
 Registers the tasks ``repeated-tokens`` and ``repeated-segments`` and the hypothesis
 ``induction``. For LLMs use probekit's ``--text`` prompts (``probekit cache --text``), which
 the hypothesis reads the same way. Head scores, the ICL score and ablations are probekit's
-core ``probekit heads`` (:mod:`probekit.lenses.heads.circuits`, :mod:`probekit.lenses.heads.dynamics`). It uses only
+core ``probekit heads`` (``probekit.run_heads``, ``probekit.run_dynamics``). It uses only
 probekit's public API and is registered through the ``probekit`` entry-point group, exactly
 as a third-party plugin would be.
 """
 
-from probekit.plugin.hookspecs import hookimpl
+from probekit import hookimpl
 
 from probekit_induction.hypothesis import InductionHypothesis, previous_occurrence
 from probekit_induction.tasks import RepeatedSegmentsTask, RepeatedTokensTask

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.errors import DataError, UsageError
-from probekit.targets.hypothesis import Hypothesis, Target
+from probekit import DataError, Hypothesis, Target, UsageError
 
 DIRECTIONS = ("embed", "unembed")
 MAX_FIT_ROWS = 50_000  # rows of the unembedding regression

@@ -3,7 +3,7 @@
 * ``repeated-tokens`` (TransformerLens / ARENA): ``[BOS, t_1..t_R, t_1..t_R, ...]`` with the
   segment repeated ``repeats`` times and t_i uniform over the non-BOS tokens. The score
   sequences of ``probekit heads`` (the core builds the same ones with
-  :func:`probekit.lenses.heads.circuits.repeated_tokens`).
+  :func:`probekit.repeated_tokens`).
 * ``repeated-segments``: a training distribution that rewards induction: each sequence is
   uniform random tokens after a BOS; with probability ``p_repeat`` a random segment occurs
   twice, the second copy starting anywhere after the first ends. Its length is ``segment``,
@@ -24,9 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probekit.lenses.heads.circuits import repeated_tokens
-from probekit.errors import UsageError
-from probekit.tasks import ModelIO, Task
+from probekit import ModelIO, Task, UsageError, repeated_tokens
 
 BOS = 0
 

@@ -5,7 +5,7 @@ public API and is registered through the ``probekit`` entry-point group, exactly
 as a third-party plugin would be.
 """
 
-from probekit.plugin.hookspecs import hookimpl
+from probekit import hookimpl
 
 from probekit_rls.lds import LDSTask
 from probekit_rls.rls import RLSHypothesis, neumann_iterates, rls_recursion

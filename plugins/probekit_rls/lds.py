@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probekit.errors import UsageError
-from probekit.tasks import ModelIO, Task
+from probekit import ModelIO, Task, UsageError
 
 
 @dataclass(frozen=True)

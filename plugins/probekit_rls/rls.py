@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.errors import UsageError
-from probekit.targets.hypothesis import Hypothesis, Target
+from probekit import Hypothesis, Target, UsageError
 
 
 def rls_recursion(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

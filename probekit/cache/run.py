@@ -4,191 +4,28 @@ Arrays are pre-sized; each sample block is written as whole chunks, then recorde
 in the store's manifest. Rerunning the same request on an interrupted store resumes
 at the first missing block and gives the same bytes as an uninterrupted run; a
 different request against an existing store is refused, saying what differs.
+
+The request and its identity live in :mod:`probekit.cache.request`, sizes and the disk check
+in :mod:`probekit.cache.plan`, the block loop in :mod:`probekit.cache.writer`; this module
+validates, creates or resumes the store and drives the writer (model, checkpoints, random init).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 import probekit
-from probekit.store import schema
+from probekit.cache import plan, writer
+from probekit.cache.request import OUTPUT_DESCRIPTIONS, CacheRequest, describe_difference, output_layout, parse_logits
 from probekit.errors import DataError, StoreError, UnknownNameError, UsageError
+from probekit.store import schema
+from probekit.store.ids import utc_stamp
 from probekit.store.zarr_store import Store
 
-TARGET_CHUNK_BYTES = 4 * 2**20  # one (block, layer) chunk; DESIGN asks for 1-64 MB
-
-
-@dataclass
-class CacheRequest:
-    """Everything that determines a store's contents (compared when resuming)."""
-
-    model: str
-    out: str
-    task: str | None = None
-    task_params: dict = field(default_factory=dict)
-    n_samples: int = 2000
-    seed: int = 1
-    sites: tuple[str, ...] = ("resid",)
-    dtype: str = "float16"
-    random_init: bool = False
-    batch_size: int = 256
-    device: str = "cpu"
-    block: int | None = None  # samples per chunk; default sizes chunks near TARGET_CHUNK_BYTES
-    model_dtype: str | None = None  # compute dtype of the model (hf: float32, bfloat16, float16)
-    text: str | None = None  # a .txt/.jsonl file of prompts instead of a task
-    max_len: int | None = None  # truncate prompts to this many tokens
-    checkpoints: str | None = None  # a directory of toy checkpoints or a glob: cache through each of them
-    checkpoint_paths: tuple[str, ...] = ()  # what ``checkpoints`` resolved to (set by run_cache)
-    logits: str = "keep"  # the model output: keep, skip or topk:K
-
-    def identity(self) -> dict:
-        """The fields that must match for a resume. Not batch size, device or block (a resumed
-        store keeps the block size it was created with), nor random_init: the random-init
-        group can be added to a finished store later. Checkpoints (the resolved list, not
-        the glob that found them) and a non-default ``logits`` are added only when used, so
-        plain stores record what they always did."""
-        d = json.loads(json.dumps(dataclasses.asdict(self)))  # as stored: tuples become lists
-        out = {k: d[k] for k in ("model", "task", "task_params", "n_samples", "seed", "sites", "dtype", "model_dtype")}
-        if self.checkpoint_paths:
-            out["checkpoints"] = d["checkpoint_paths"]
-        if self.logits != "keep":
-            out["logits"] = self.logits
-        return out
-
-
-IDENTITY_DEFAULTS = {"checkpoints": None, "logits": "keep"}  # identity keys a plain request leaves out
-LOGITS_MODES = ("keep", "skip", "topk:K")
-
-
-def parse_logits(spec: str, d_out: int | None = None) -> int | None:
-    """``keep`` -> None (store ``model_out``), ``skip`` -> 0 (store nothing), ``topk:K`` -> K."""
-    if spec == "keep":
-        return None
-    if spec == "skip":
-        return 0
-    kind, _, k = spec.partition(":")
-    if kind != "topk" or not k.isdigit() or int(k) < 1:
-        raise UsageError(f"--logits {spec!r}: choose from {', '.join(LOGITS_MODES)} (K a positive integer)")
-    if d_out is not None and int(k) > d_out:
-        raise UsageError(f"--logits {spec}: the model has only {d_out} outputs per position")
-    return int(k)
-
-
-def output_layout(req: CacheRequest, d_out: int, T: int) -> list[tuple[str, tuple, tuple, str]]:
-    """``(name, per-sample shape, dims after sample, dtype)`` of each model-output variable stored."""
-    k = parse_logits(req.logits, d_out)
-    if k is None:
-        return [(schema.OUTPUT_VAR, (T, d_out), (schema.POS, schema.OUTPUT_FEATURE), "float32")]
-    if k == 0:
-        return []
-    index = "int32" if d_out < 2**31 else "int64"
-    return [(schema.TOPK_VALUES_VAR, (T, k), (schema.POS, schema.TOPK), "float32"),
-            (schema.TOPK_INDICES_VAR, (T, k), (schema.POS, schema.TOPK), index)]
-
-
-def _outputs(req: CacheRequest, out: np.ndarray) -> dict[str, np.ndarray]:
-    """The model output ``[batch, pos, d_out]`` as the variables ``req.logits`` asks for
-    (top-k: largest first; among equal values, the order ``argpartition`` leaves them in)."""
-    k = parse_logits(req.logits)
-    if k is None:
-        return {schema.OUTPUT_VAR: out}
-    if k == 0:
-        return {}
-    idx = np.argpartition(-out, k - 1, axis=-1)[..., :k] if k < out.shape[-1] else np.broadcast_to(
-        np.arange(out.shape[-1]), out.shape).copy()
-    vals = np.take_along_axis(out, idx, -1)
-    order = np.argsort(-vals, axis=-1, kind="stable")
-    idx, vals = np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)
-    index_dtype = "int32" if out.shape[-1] < 2**31 else "int64"
-    return {schema.TOPK_VALUES_VAR: vals.astype(np.float32), schema.TOPK_INDICES_VAR: idx.astype(index_dtype)}
-
-
-def sample_block(n_samples: int, bytes_per_sample: int) -> int:
-    """Samples per chunk so one layer of one block is about TARGET_CHUNK_BYTES."""
-    return int(max(1, min(n_samples, TARGET_CHUNK_BYTES // max(1, bytes_per_sample))))
-
-
-def _to_store_dtype(site: str, acts: np.ndarray, dtype: str) -> np.ndarray:
-    """Cast activations for storage, refusing NaN/inf and float16 overflow with a clear message.
-
-    One finiteness scan of the *cast* array covers both (overflow becomes inf in float16);
-    the slower diagnosis runs only when something is wrong.
-    """
-    import torch
-
-    # torch casts and scans with SIMD on all its threads: ~2x numpy's astype + isfinite
-    cast = torch.from_numpy(np.ascontiguousarray(acts)).to(getattr(torch, dtype))
-    if bool(torch.isfinite(cast).all()):
-        return cast.numpy()
-    with np.errstate(over="ignore"):
-        out = acts.astype(dtype)
-    if not np.isfinite(acts).all():
-        raise DataError(f"site {site!r} has NaN or inf activations; the model itself produced them")
-    layer = int(np.argwhere(~np.isfinite(out))[0][1])
-    limit = float(np.finfo(np.float16).max)
-    raise DataError(
-        f"site {site!r} overflows float16 at layer {layer} (max |value| {np.abs(acts).max():.3g} > {limit:.0f}); "
-        f"rerun with --dtype float32"
-    )
-
-
-def _check_layouts(adapter, sites, seq_len: int) -> None:
-    """Sites sharing a dimension (``layer`` or ``block``) must agree on its length in one Dataset."""
-    from probekit.models.adapters import adapter_site_layout
-
-    sizes: dict[str, dict[str, int]] = {}
-    for site in sites:
-        dims, shape = adapter_site_layout(adapter, site, seq_len)
-        sizes.setdefault(dims[1], {})[site] = shape[0]
-    for dim, by_site in sizes.items():
-        if len(set(by_site.values())) > 1:
-            listed = ", ".join(f"{s} ({n})" for s, n in by_site.items())
-            raise UsageError(f"sites {listed} have different numbers of {dim}s and cannot share one store; "
-                             "cache them into separate stores")
-
-
-def _describe_difference(old: dict, new: dict) -> str:
-    from probekit.cache.checkpoints import short_list
-
-    keys = list(new) + [k for k in old if k not in new and k in IDENTITY_DEFAULTS]
-    diffs = []
-    for k in keys:
-        was, asked = old.get(k, IDENTITY_DEFAULTS.get(k)), new.get(k, IDENTITY_DEFAULTS.get(k))
-        if was != asked:
-            diffs.append(f"{k}: store has {short_list(was)}, asked for {short_list(asked)}")
-    return "; ".join(diffs)
-
-
-def estimate_bytes(req: CacheRequest, adapter, seq_len: int) -> int:
-    """Uncompressed bytes the activations and outputs will take (an upper bound on disk use)."""
-    from probekit.models.adapters import adapter_site_layout
-
-    per_sample = sum(int(np.prod(adapter_site_layout(adapter, s, seq_len)[1])) for s in req.sites)
-    per_sample *= np.dtype(req.dtype).itemsize
-    per_sample += sum(int(np.prod(shape)) * np.dtype(dt).itemsize
-                      for _, shape, _, dt in output_layout(req, adapter.d_out, seq_len))
-    copies = len(req.checkpoint_paths) or (2 if req.random_init else 1)
-    return int(per_sample * req.n_samples * copies)
-
-
-def check_disk(path: Path, needed: int) -> int:
-    """Free bytes where ``path`` will be written; refuse to start when ``needed`` does not fit."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise StoreError(f"{path} needs about {needed / 2**30:.2f} GiB (uncompressed) but only "
-                         f"{free / 2**30:.2f} GiB is free there; choose another --out or fewer samples/sites")
-    return free
+__all__ = ["CacheRequest", "run_cache"]
 
 
 def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
@@ -259,16 +96,16 @@ def _prepare(host, req: CacheRequest):
         req = dataclasses.replace(req, task="text", task_params=dataclasses.asdict(task.params),
                                   n_samples=min(req.n_samples, len(task.prompts)), seed=0)
     else:
-        ckpt = getattr(adapter, "ckpt", None)
-        task_name = req.task or (ckpt.task if ckpt else None)
-        if task_name is None:
-            raise UsageError("this model records no task: pass --task (or --text FILE for prompts)")
-        params = dict(ckpt.task_params) if ckpt and ckpt.task == task_name else {}
-        params.update(req.task_params)
-        task = host.tasks.get(task_name)(**params)
-        req = dataclasses.replace(req, task=task_name, task_params=dataclasses.asdict(task.params))
+        from probekit.tasks.resolve import resolve_task
+
+        resolved = resolve_task(host, adapter, req.task, req.task_params,
+                                missing="this model records no task: pass --task (or --text FILE for prompts)")
+        task = resolved.build()
+        req = dataclasses.replace(req, task=resolved.name, task_params=dataclasses.asdict(task.params))
     sample = task.generate(1, req.seed)
-    if hasattr(adapter, "prepare"):  # adapters of plain modules learn their sizes from one sample
+    from probekit.models.capabilities import has
+
+    if has(adapter, "prepare"):  # adapters of plain modules learn their sizes from one sample
         adapter.prepare(np.asarray(sample[task.io.input_var].values))
     from probekit.models.sites import canonical_sites
 
@@ -277,7 +114,7 @@ def _prepare(host, req: CacheRequest):
         if site not in adapter.sites:
             raise UnknownNameError("site", site, adapter.sites)
     parse_logits(req.logits, adapter.d_out)
-    _check_layouts(adapter, req.sites, task.io.seq_len)
+    plan.check_layouts(adapter, req.sites, task.io.seq_len)
     _preflight(req, task, adapter, sample)
     return req, task, adapter, refs
 
@@ -296,8 +133,8 @@ def _preflight(req: CacheRequest, task, adapter, sample) -> None:
         raise UsageError(f"the model cannot run on these inputs (task {task.name!r}, "
                          f"{_short_params(req.task_params)}): {first}") from exc
     for site in req.sites:
-        _to_store_dtype(site, acts[site], req.dtype)
-    _outputs(req, np.asarray(out))
+        writer.to_store_dtype(site, acts[site], req.dtype)
+    writer.model_outputs(req, np.asarray(out))
 
 
 def _one_line(exc: Exception) -> str:
@@ -325,19 +162,14 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
 
     store = Store(req.out)
     resuming = store.exists() and not fresh
-    needed = estimate_bytes(req, adapter, task.io.seq_len)
-    free = check_disk(store.path, 0 if resuming else needed)
-    copies = len(req.checkpoint_paths) or (2 if req.random_init else 1)
-    plan = {"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
-            "bytes_per_sample": needed // (req.n_samples * copies),
-            "written": {"samples": 0, "tokens": 0, "bytes": 0}}
+    work = plan.make_plan(req, adapter, task.io.seq_len, store.path, resuming)
     if on_start:
-        on_start(plan)
+        on_start(work)
     for leftover in store.path.rglob("*.partial") if store.path.exists() else []:
         leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
     if resuming:
         old = Store.open(req.out).attrs().get("request", {})
-        diff = _describe_difference(old, req.identity())
+        diff = describe_difference(old, req.identity())
         if diff:
             raise StoreError(f"{req.out} holds a different cache ({diff}); use --overwrite or another --out")
         if store.is_complete() and (not req.random_init or store.is_complete(schema.RANDOM_INIT_GROUP)):
@@ -347,7 +179,7 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
     base = Store.open(req.out).dataset()
     inputs = np.asarray(base[task.io.input_var].values)
     valid = np.asarray(base["valid"].values) if "valid" in base else None
-    fill = _Fill(store, req, inputs, valid, on_progress, plan["written"])
+    fill = writer.BlockWriter(store, req, inputs, valid, on_progress, work["written"])
     if refs:
         _fill_checkpoints(host, fill, refs, base, adapter)
     else:
@@ -421,7 +253,7 @@ def _create(store: Store, req: CacheRequest, task, adapter, ckpt_coords: dict | 
     attrs.update(
         probekit_format=schema.FORMAT_VERSION,
         probekit_version=probekit.__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=utc_stamp(),
         n_samples=req.n_samples,
         request=req.identity(),
     )
@@ -444,14 +276,10 @@ def _create(store: Store, req: CacheRequest, task, adapter, ckpt_coords: dict | 
 
 
 def _group_attrs(req: CacheRequest, adapter, T: int) -> dict:
-    block = req.block or sample_block(req.n_samples, T * adapter.d_model * np.dtype(req.dtype).itemsize)
-    # (sized for one (layer, pos, feature) slice; attention patterns get the same sample block)
-    if block < 1:
-        raise UsageError(f"block must be >= 1, got {block}")
     return adapter.provenance() | {
         "sites": list(req.sites),
         "dtype": req.dtype,
-        schema.BLOCK_ATTR: block,
+        schema.BLOCK_ATTR: plan.request_block(req, adapter, T),
         schema.MANIFEST_ATTR: [],
     }
 
@@ -463,13 +291,6 @@ def _create_group(store: Store, req: CacheRequest, adapter, group: str, T: int) 
         _group_attrs(req, adapter, T) | {"n_samples": req.n_samples}
     )
     _create_arrays(store, req, adapter, T, group)
-
-
-OUTPUT_DESCRIPTIONS = {
-    schema.OUTPUT_VAR: "model output at each position",
-    schema.TOPK_VALUES_VAR: "the model's K largest outputs at each position, largest first",
-    schema.TOPK_INDICES_VAR: "the output indices (e.g. token ids) of model_out_topk_values",
-}
 
 
 def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str | None) -> None:
@@ -489,56 +310,3 @@ def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str 
                               attrs={"description": OUTPUT_DESCRIPTIONS[name]})
 
 
-class _Fill:
-    """Computes each missing block of a group (or of one checkpoint) and writes it. One writer
-    thread writes block b (then marks it done) while block b+1 is computed; at most one block
-    waits, so memory stays bounded."""
-
-    def __init__(self, store: Store, req: CacheRequest, inputs: np.ndarray, valid: np.ndarray | None,
-                 on_progress, written: dict):
-        self.store, self.req, self.inputs, self.valid = store, req, inputs, valid
-        self.on_progress, self.written = on_progress, written
-
-    def __call__(self, adapter, group: str | None, unit: tuple[int, int, str] | None = None) -> None:
-        """``unit = (checkpoint index, number of checkpoints, phase)`` writes one checkpoint's slice."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        store, req, inputs, valid = self.store, self.req, self.inputs, self.valid
-        block = store.attrs(group)[schema.BLOCK_ATTR]
-        n = req.n_samples
-        ci, n_units, phase = unit or (None, 1, "random-init" if group else "model")
-        done = store.blocks_done(group)
-        names = [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, inputs.shape[1]))]
-        arrays = store.writable(names, group)
-
-        def write(b: int, s0: int, s1: int, blocks: dict) -> None:
-            for name, data in blocks.items():
-                if ci is None:
-                    arrays[name][s0:s1] = data
-                else:
-                    arrays[name][ci, s0:s1] = data
-            store.mark_block_done(b if ci is None else (ci, b), group)  # only after every chunk is on disk
-            self.written["samples"] += s1 - s0
-            self.written["tokens"] += int(valid[s0:s1].sum()) if valid is not None else (s1 - s0) * inputs.shape[1]
-            self.written["bytes"] += sum(int(d.nbytes) for d in blocks.values())
-            if self.on_progress:
-                self.on_progress(phase, (ci or 0) * n + s1, n * n_units)
-
-        pending = None
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            for b in range(-(-n // block)):
-                if (b if ci is None else (ci, b)) in done:
-                    continue
-                s0, s1 = b * block, min(n, (b + 1) * block)
-                parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites),
-                                     **({} if valid is None else {"valid": valid[i : min(s1, i + req.batch_size)]}))
-                         for i in range(s0, s1, req.batch_size)]
-                blocks = {}
-                for site in req.sites:
-                    blocks[site] = _to_store_dtype(site, np.concatenate([p[0][site] for p in parts]), req.dtype)
-                blocks.update(_outputs(req, np.concatenate([p[1] for p in parts])))
-                if pending is not None:
-                    pending.result()  # surfaces write errors; keeps one block in flight
-                pending = writer.submit(write, b, s0, s1, blocks)
-            if pending is not None:
-                pending.result()

@@ -48,8 +48,9 @@ def cache(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
 ) -> None:
     """Cache activations of MODEL on task samples; rerun the same command to resume."""
-    from probekit.cache.run import CacheRequest, run_cache
+    from probekit.cache.run import CacheRequest
     from probekit.plugin.host import PluginHost
+    from probekit.report.cache import cache_summary, cache_summary_line
     from probekit.tasks import parse_params
 
     host = PluginHost.default()
@@ -60,42 +61,45 @@ def cache(
     if task and param:
         params = parse_params(host.tasks.get(task).Params, param)
     elif param:
-        params = _params_for_model_task(host, model or _first_checkpoint(checkpoints), param)
+        from probekit.tasks.resolve import PARAM_NEEDS_TASK, resolve_task
+
+        params = resolve_task(host, model or _first_checkpoint(checkpoints), None, param,
+                              missing=PARAM_NEEDS_TASK).given
     req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
                        sites=cache_sites(site, err if not as_json else None), dtype=dtype, random_init=random_init,
                        batch_size=batch_size, device=device, block=block,
                        text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype,
                        checkpoints=checkpoints, logits=logits)
-    total = n_samples * (2 if random_init else 1)
-    plan: dict = {}
     started = time.perf_counter()
-
-    def on_start(info: dict) -> None:
-        plan.update(info, t0=time.perf_counter())
-        if not as_json:
-            verb = "resuming" if info["resuming"] else "writing"
-            err.print(f"{verb} {out}: about {info['estimated_bytes'] / 2**20:,.1f} MiB uncompressed "
-                      f"({info['free_bytes'] / 2**30:,.1f} GiB free)")
-
-    with progress("cache", total, "samples", enabled=not as_json) as update:
-        def on_progress(phase: str, done: int, n: int) -> None:
-            done = done + (n if phase == "random-init" else 0)
-            update(done, info=f"{phase} · {rates(plan)}", total=n * (2 if random_init else 1))
-
-        store = run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start)
-    ds = store.dataset()
-    on_disk = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
-    summary = {"store": str(store.path), "sites": {s: dict(zip(ds[s].dims, ds[s].shape)) for s in ds.attrs["sites"]},
-               "n_samples": ds.sizes["sample"], "dims": {k: int(v) for k, v in ds.sizes.items()},
-               "dtype": ds.attrs["dtype"], "random_init": store.has_group("random_init"),
-               **({"checkpoints": [int(c) for c in ds["checkpoint"].values]} if "checkpoint" in ds.dims else {}),
-               "bytes_on_disk": on_disk, "seconds": round(time.perf_counter() - started, 2)}
+    store = _run(host, req, overwrite=overwrite, console=None if as_json else err)
+    summary = cache_summary(store, time.perf_counter() - started)
     if as_json:
         print_json(summary)
     else:
-        shapes = ", ".join(f"{k} ({', '.join(f'{d}={n}' for d, n in v.items())})" for k, v in summary["sites"].items())
-        err.print(f"cached {shapes} into [bold]{store.path}[/bold]: "
-                  f"{on_disk / 2**20:,.1f} MiB on disk in {summary['seconds']} s")
+        err.print(cache_summary_line(summary))
+
+
+def _run(host, req, *, overwrite: bool, console):
+    """:func:`probekit.cache.run.run_cache` with a progress bar and the size estimate on ``console``
+    (none: quiet, for --json)."""
+    from probekit.cache.run import run_cache
+
+    factor = 2 if req.random_init else 1
+    plan: dict = {}
+
+    def on_start(info: dict) -> None:
+        plan.update(info, t0=time.perf_counter())
+        if console is not None:
+            verb = "resuming" if info["resuming"] else "writing"
+            console.print(f"{verb} {req.out}: about {info['estimated_bytes'] / 2**20:,.1f} MiB uncompressed "
+                          f"({info['free_bytes'] / 2**30:,.1f} GiB free)")
+
+    with progress("cache", req.n_samples * factor, "samples", enabled=console is not None) as update:
+        def on_progress(phase: str, done: int, n: int) -> None:
+            done = done + (n if phase == "random-init" else 0)
+            update(done, info=f"{phase} · {rates(plan)}", total=n * factor)
+
+        return run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start)
 
 
 def rates(plan: dict) -> str:
@@ -118,16 +122,3 @@ def _first_checkpoint(source: str) -> str:
     from probekit.cache.checkpoints import resolve
 
     return resolve(source)[0].spec
-
-
-def _params_for_model_task(host, model: str, param: list[str]) -> dict:
-    """Task parameters when --task is omitted: parse them against the toy checkpoint's task."""
-    from probekit.errors import UsageError
-    from probekit.models.adapters import parse_spec
-    from probekit.models.toy.checkpoint import read
-    from probekit.tasks import parse_params
-
-    scheme, rest = parse_spec(model)
-    if scheme != "toy":
-        raise UsageError("--param needs --task for models that record no task")
-    return parse_params(host.tasks.get(read(rest).task).Params, param)

@@ -32,7 +32,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON instead of a table."),
 ) -> None:
     """Compare MODEL with one or more hypotheses' algorithms: losses, prediction gap, sensitivity cosine."""
-    from probekit.lenses.compare import CompareSettings, compare_json, compare_table, plot_compare, run_compare
+    from probekit.lenses.compare import CompareSettings, run_compare
+    from probekit.report.compare import compare_json, compare_table, plot_compare
     from probekit.errors import UsageError
     from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params
@@ -47,9 +48,9 @@ def compare(
         raise UsageError(f"--ood must be comma-separated numbers, got {ood!r}") from None
     params = parse_params(host.tasks.get(task).Params, param) if task else {}
     if param and not task:
-        from probekit.cli.cache import _params_for_model_task
+        from probekit.tasks.resolve import PARAM_NEEDS_TASK, resolve_task
 
-        params = _params_for_model_task(host, model, param)
+        params = resolve_task(host, model, None, param, missing=PARAM_NEEDS_TASK).given
     settings = CompareSettings(n_samples=n_samples, seed=seed, fit_samples=fit_samples, fit_seed=seed + 1,
                                ood_scales=scales, ood_samples=ood_samples, task=task, task_params=params,
                                options=parse_options(option), device=device)

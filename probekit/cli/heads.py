@@ -68,8 +68,13 @@ def heads(
     host = PluginHost.default()
     params = {}
     if param:
-        name = task or _model_task(model or _last_checkpoint(checkpoints))
-        params = parse_params(host.tasks.get(name).Params, param)
+        if task:
+            params = parse_params(host.tasks.get(task).Params, param)
+        else:
+            from probekit.tasks.resolve import PARAM_NEEDS_TASK, resolve_task
+
+            params = resolve_task(host, model or _last_checkpoint(checkpoints), None, param,
+                                  missing=PARAM_NEEDS_TASK).given
     settings = HeadsSettings(n_samples=n_samples, segment=segment, repeats=repeats, seed=seed, task=task,
                              task_params=params, text=str(text) if text else None, max_len=max_len,
                              icl_samples=icl_samples, late=late, early=early, ablate=ablate, ablation=ablation,
@@ -82,32 +87,18 @@ def heads(
             ds = run_dynamics(host, checkpoints, settings, on_progress=on_progress)
         else:
             ds = run_heads(host, model, settings, on_progress=on_progress)
-    if checkpoints:
-        pngs = [report.plot_dynamics(ds, png)]
-        payload, table = report.dynamics_json(ds), report.dynamics_table(ds)
-    else:
-        pngs = [report.plot_ov_qk(ds, png, threshold),
-                report.plot_eigenvalues(ds, png.with_name(f"{png.stem}.eig{png.suffix}"))]
-        if "loss_by_pos" in ds:
-            pngs.append(report.plot_loss_by_position(ds, png.with_name(f"{png.stem}.loss{png.suffix}")))
-        payload, table = report.heads_json(ds), report.heads_table(ds, threshold)
+    shown = report.render_dynamics(ds, png) if checkpoints else report.render_heads(ds, png, threshold)
+    _show(*shown, as_json=as_json)
+
+
+def _show(pngs: list[Path], payload: dict, table, *, as_json: bool) -> None:
+    """Print the JSON payload (with the plots' paths), or the table and the plots' paths."""
     if as_json:
         payload["plots"] = [str(p) for p in pngs]
         print_json(payload)
         return
     stdout_console().print(table)
     stderr_console().print("plots: " + ", ".join(f"[bold]{p}[/bold]" for p in pngs))
-
-
-def _model_task(model: str) -> str:
-    from probekit.errors import UsageError
-    from probekit.models.adapters import parse_spec
-    from probekit.models.toy.checkpoint import read
-
-    scheme, rest = parse_spec(model)
-    if scheme != "toy":
-        raise UsageError("--param needs --task for models that record no task")
-    return read(rest).task
 
 
 def _last_checkpoint(source: str) -> str:

@@ -32,7 +32,8 @@ def icl(
     """Score P(correct answer) for n = 0..N in-context examples; fit logit P against n; compare with
     the task's ideal Bayesian observer."""
     from probekit import outputs
-    from probekit.lenses.icl import ICLSettings, icl_curve, icl_table, plot_icl, save_curve
+    from probekit.lenses.icl import ICLSettings, icl_curve, save_curve
+    from probekit.report.icl import icl_table, plot_icl
     from probekit.models.adapters import load_adapter
     from probekit.plugin.host import PluginHost
     from probekit.tasks import parse_params

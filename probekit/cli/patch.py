@@ -44,7 +44,8 @@ def patch(
     how much of log p(answer) does each vector recover? Optionally ablate heads or blocks in A first."""
     import json
 
-    from probekit.lenses.interventions.run import PatchSettings, patch_json, patch_table, plot_patch, run_patch, save_patch
+    from probekit.lenses.interventions.run import PatchSettings, run_patch, save_patch
+    from probekit.report.patch import patch_json, patch_table, plot_patch
     from probekit.plugin.host import PluginHost
     from probekit.lenses.interventions.pairs import read_pairs, task_pairs
     from probekit.tasks import parse_params

@@ -41,7 +41,8 @@ def probe(
     import contextlib
 
     from probekit.plugin.host import PluginHost
-    from probekit.probes.run import ProbeSettings, dask_executor, run_probe
+    from probekit.probes.executors import dask_executor
+    from probekit.probes.run import ProbeSettings, run_probe
     from probekit.report.probes import (best_target, checkpoint_table, plot_r2, plot_r2_by_position, plot_r2_vs_checkpoint,
                                  results_json, results_table)
 

@@ -7,17 +7,22 @@ registry (``toy`` is built in; plugins add more). An adapter exposes:
   embeddings are layer 0, layer l is the residual stream after block l);
 * ``run(inputs, sites) -> (activations, outputs)`` with activations
   ``{site: array[batch, layer, pos, feature]}`` and outputs ``[batch, pos, d_out]``;
-* ``provenance()``: attributes recorded in the store.
+* ``provenance()``: attributes recorded in the store;
+* ``capabilities``: a frozenset of :data:`probekit.models.capabilities.CAPABILITIES` names (what it
+  can do beyond the above; lenses ``require`` them instead of inspecting the adapter);
+* ``anatomy`` (adapters with ``tokens``, ``heads``, ``weights`` or ``patching``): a
+  :class:`probekit.models.anatomy.Anatomy`, where its blocks, heads and embeddings are.
+
+The built-in adapters: ``toy`` (:mod:`probekit.models.toy.adapter`), ``hf``, ``tlens``, ``torch``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from probekit.errors import UnknownNameError, UsageError
+from probekit.errors import UsageError
 
 
 @runtime_checkable
@@ -68,100 +73,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but torch sees no CUDA device")
     return device
-
-
-class ToyAdapter:
-    """Adapter for probekit's own toy transformers: ``toy:<checkpoint dir>``."""
-
-    scheme = "toy"
-
-    def __init__(self, model, ckpt, spec: str, *, random_init: bool, init_seed: int, device: str):
-        self.model, self.ckpt, self.spec = model, ckpt, spec
-        self.random_init, self.init_seed, self.device = random_init, init_seed, device
-        n, cfg = ckpt.config.n_layers, ckpt.config
-        self.hook_names = {
-            "resid": ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n)],
-            "attn_out": [f"blocks.{i}.hook_attn_out" for i in range(n)],
-            "attn_pattern": [f"blocks.{i}.attn.hook_pattern" for i in range(n)],
-        }
-        if cfg.mlp and cfg.arch == "transformer":
-            self.hook_names["mlp_out"] = [f"blocks.{i}.hook_mlp_out" for i in range(n)]
-
-    @classmethod
-    def load(cls, rest: str, *, random_init: bool = False, init_seed: int = 12345, device: str = "cpu"):
-        import torch
-
-        from probekit.models.toy import checkpoint
-        from probekit.models.toy.model import build_model
-
-        device = resolve_device(device)
-        ckpt = checkpoint.read(Path(rest))
-        if random_init:
-            torch.manual_seed(init_seed)
-        model = build_model(ckpt.config)
-        if not random_init:
-            checkpoint.load_weights(model, rest)
-        return cls(model.to(device).eval(), ckpt, f"toy:{rest}", random_init=random_init,
-                   init_seed=init_seed, device=device)
-
-    @property
-    def sites(self) -> dict[str, int]:
-        return {site: len(names) for site, names in self.hook_names.items()}
-
-    @property
-    def d_model(self) -> int:
-        return self.ckpt.config.d_model
-
-    def site_layout(self, site: str, seq_len: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        """Store dims and per-sample shape of a site (see :data:`probekit.store.schema.SITE_DIMS`)."""
-        return site_layout(site, self.sites[site], seq_len, self.d_model, self.ckpt.config.n_heads)
-
-    @property
-    def d_out(self) -> int:
-        return self.ckpt.config.d_out
-
-    def run(self, inputs: np.ndarray, sites: list[str]):
-        import torch
-
-        unknown = [s for s in sites if s not in self.hook_names]
-        if unknown:
-            raise UnknownNameError("site", unknown[0], self.hook_names)
-        captured: dict[str, torch.Tensor] = {}
-        modules = dict(self.model.named_modules())
-        handles = []
-        for site in sites:
-            for layer, name in enumerate(self.hook_names[site]):
-                def hook(_mod, _inp, out, key=(site, layer)):
-                    captured[key] = out.detach()
-                handles.append(modules[name].register_forward_hook(hook))
-        x = torch.as_tensor(inputs, device=self.device)
-        x = x.float() if self.ckpt.config.input_kind == "continuous" else x.long()
-        try:
-            with torch.no_grad():
-                out = self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        acts = {
-            site: torch.stack([captured[(site, l)] for l in range(len(self.hook_names[site]))], 1).float().cpu().numpy()
-            for site in sites
-        }
-        return acts, out.float().cpu().numpy()
-
-    def provenance(self) -> dict:
-        import torch
-
-        from probekit.models.toy.checkpoint import weights_hash
-
-        return {
-            "model_spec": self.spec,
-            "model_hash": weights_hash(self.model),
-            "model_config": self.ckpt.config.to_dict(),
-            "random_init": self.random_init,
-            "init_seed": self.init_seed if self.random_init else None,
-            "device": self.device,
-            "torch_version": torch.__version__,
-        }
 
 
 def decode_each(tokenizer, ids) -> list[list[str]]:
@@ -225,3 +136,11 @@ def load_adapter(host, spec: str, *, random_init: bool = False, device: str = "c
     if "dtype" not in inspect.signature(adapter_cls.load).parameters:
         raise UsageError(f"model scheme {scheme!r} does not take a model dtype")
     return adapter_cls.load(rest, random_init=random_init, device=device, dtype=dtype)
+
+
+def __getattr__(name):
+    if name == "ToyAdapter":  # it lives in probekit.models.toy.adapter now
+        from probekit.models.toy.adapter import ToyAdapter
+
+        return ToyAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

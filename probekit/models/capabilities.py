@@ -1,7 +1,10 @@
 """What an adapter can do, declared instead of sniffed.
 
 An adapter class lists its optional capabilities in ``capabilities`` (a frozenset of the
-names below). A lens that needs one calls :func:`require` once, which raises one clear
+names below): what every model it loads can do, which is what conformance checks of the class
+rely on. An instance adds what its own model allows in ``__init__`` (``self.capabilities = ...``:
+a toy transformer with token inputs adds ``tokens``, ``heads``, ``weights``, ``patching``); lenses
+ask the instance. A lens that needs one calls :func:`require` once, which raises one clear
 :class:`~probekit.errors.UsageError`; nothing outside ``probekit.models`` inspects an adapter
 with ``hasattr``/``getattr``.
 """
@@ -11,11 +14,13 @@ from __future__ import annotations
 from probekit.errors import UsageError
 
 CAPABILITIES = {
-    "tokens": "token-id inputs (a language model)",
+    "tokens": "token inputs (a language model; its anatomy gives the vocabulary and context length)",
     "tokenizer": "a tokenizer (text prompts: --text, icl, patch with text pairs)",
-    "heads": "addressable attention heads (head ablation, attention patterns)",
-    "weights": "readable attention weights (OV/QK circuit scores)",
-    "patching": "a hookable residual stream (activation patching and ablation)",
+    "padding": "a padding mask: run(inputs, sites, valid=...) and tokenize() returning one",
+    "heads": "addressable attention heads (head ablation; the anatomy's head_inputs)",
+    "weights": "readable attention weights (OV/QK circuit scores; the anatomy's weights reader)",
+    "patching": "token inputs, a hookable residual stream and next-token logits (activation patching and ablation)",
+    "differentiable": "its outputs as a differentiable torch function of its inputs (forward(x); a toy model)",
     "task": "the task it was trained on (a toy checkpoint: --task may be omitted)",
     "prepare": "sizes learnt from one sample of inputs (a plain torch module)",
 }

@@ -41,6 +41,8 @@ import numpy as np
 
 from probekit.errors import CheckpointError, DataError, UnknownNameError, UsageError
 from probekit.models.adapters import decode_each, resolve_device, torch_dtype
+from probekit.models.anatomy import Anatomy, out_proj
+from probekit.models.hooks import Hook, run_with_hooks
 
 SITES = ("resid", "attn_pattern")
 
@@ -59,17 +61,17 @@ def _one_line(exc: BaseException) -> str:
     return (text.splitlines()[0].strip() if text else type(exc).__name__)[:300]
 
 
-def _jsonable(value):
+def jsonable(value):
     """``value`` with everything JSON cannot hold dropped (dict entries) or stringified (dtypes)."""
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            v = _jsonable(v)
+            v = jsonable(v)
             if v is not _DROP:
                 out[str(k)] = v
         return out
     if isinstance(value, (list, tuple)):
-        items = [_jsonable(v) for v in value]
+        items = [jsonable(v) for v in value]
         return [v for v in items if v is not _DROP]
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -108,6 +110,9 @@ class HFAdapter:
     """A transformers model and its tokenizer: ``hf:gpt2``, ``hf:/path/to/saved_model``."""
 
     scheme = "hf"
+    #: what every hf: model can do; an instance adds what its architecture allows (``heads``: its
+    #: attention output projections were found; ``weights``: GPT-2; ``patching``: a causal LM)
+    capabilities = frozenset({"tokens", "tokenizer", "padding"})
 
     def __init__(self, model, tokenizer, config, spec: str, *, random_init: bool, init_seed: int,
                  device: str, blocks, is_causal_lm: bool):
@@ -115,6 +120,29 @@ class HFAdapter:
         self.random_init, self.init_seed, self.device = random_init, init_seed, device
         self.blocks, self.is_causal_lm = blocks, is_causal_lm
         self._hash: str | None = None
+        self.anatomy = self._anatomy()
+        self.capabilities = type(self).capabilities | frozenset(
+            ({"heads"} if self.anatomy.head_inputs else set()) | ({"weights"} if self.anatomy.weights else set())
+            | ({"patching"} if is_causal_lm else set()))
+
+    def _anatomy(self) -> Anatomy:
+        model, tok, text = self.model, self.tokenizer, _text_config(self.config)
+        family = getattr(self.config, "model_type", None) or type(model).__name__
+        projs = [out_proj(b, family) for b in self.blocks]
+        vocab = int(model.get_input_embeddings().num_embeddings)
+        bos = getattr(tok, "bos_token_id", None)
+        gpt2 = family == "gpt2" and hasattr(model, "transformer")
+        n_heads = int(text.num_attention_heads)
+        return Anatomy(
+            model, family, d_model=self.d_model, n_heads=n_heads, d_head=self.d_model // n_heads,
+            blocks=tuple(self.blocks), resid=((self.blocks[0], "pre"),) + tuple((b, "post") for b in self.blocks),
+            head_inputs=tuple((p, "merged") for p in projs) if all(p is not None for p in projs) else (),
+            embed=model.get_input_embeddings(), vocab=vocab, max_positions=self.max_positions,
+            bos_id=bos if bos is not None and bos < vocab else None, n_tokens=min(len(tok), vocab),
+            special_ids=frozenset(getattr(tok, "all_special_ids", []) or []), pad_id=tok.pad_token_id or 0,
+            weights="gpt2" if gpt2 else None,
+            weights_note="" if gpt2 else (f"weight scores (OV, QK) are implemented for toy, GPT-2 and TransformerLens "
+                                          f"models; {self.spec} is {getattr(self.config, 'model_type', None) or type(model).__name__}"))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -281,22 +309,13 @@ class HFAdapter:
         if want_attn and self.model.config._attn_implementation != "eager":
             raise UsageError("site attn_pattern needs the model loaded with attn_implementation='eager'")
 
-        captured = {}
-
-        def last_block_hook(_mod, _inp, out):
-            captured["last"] = (out[0] if isinstance(out, tuple) else out).detach()
-
-        handle = self.blocks[-1].register_forward_hook(last_block_hook) if "resid" in sites else None
-        extra = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
+        captured: dict = {}
+        hooks = [Hook.capture(self.blocks[-1], captured, "last")] if "resid" in sites else []
+        extra = {"use_cache": False} if "use_cache" in self._forward_params else {}
         ids = torch.as_tensor(inputs, dtype=torch.long, device=self.device)
         mask = torch.as_tensor(valid, dtype=torch.long, device=self.device)
-        try:
-            with torch.no_grad():
-                out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states="resid" in sites,
-                                 output_attentions=want_attn, return_dict=True, **extra)
-        finally:
-            if handle is not None:
-                handle.remove()
+        out = run_with_hooks(lambda: self.model(input_ids=ids, attention_mask=mask, output_hidden_states="resid" in sites,
+                                                output_attentions=want_attn, return_dict=True, **extra), hooks)
 
         keep = torch.as_tensor(valid, device=self.device)
         acts: dict[str, np.ndarray] = {}
@@ -311,6 +330,24 @@ class HFAdapter:
         final = out.logits if self.is_causal_lm else out.last_hidden_state
         return acts, (final.float() * keep[:, :, None]).cpu().numpy()
 
+    @property
+    def _forward_params(self):
+        return inspect.signature(self.model.forward).parameters
+
+    def token_logits(self, ids, valid, keep=None):
+        """Logits ``[batch, pos, vocab]`` of token ids (torch tensors on the device; ``valid``: the
+        padding mask), or only at the positions ``keep`` (1-D tensor; ``logits_to_keep`` when the
+        model takes it)."""
+        if not self.is_causal_lm:
+            raise UsageError(f"{self.spec} has no language-model head: patching scores answer tokens")
+        params = self._forward_params
+        kw = {"use_cache": False} if "use_cache" in params else {}
+        can_keep = "logits_to_keep" in params
+        if keep is not None and can_keep:
+            kw["logits_to_keep"] = keep
+        out = self.model(input_ids=ids, attention_mask=valid.long(), return_dict=True, **kw).logits
+        return out if keep is None or can_keep else out[:, keep]
+
     # ------------------------------------------------------------- provenance
     def provenance(self) -> dict:
         import torch
@@ -320,13 +357,13 @@ class HFAdapter:
 
         if self._hash is None:
             self._hash = weights_hash(self.model)
-        config = _jsonable(self.config.to_dict())
+        config = jsonable(self.config.to_dict())
         return {
             "model_spec": self.spec,
             "model_hash": self._hash,
             "model_config": config,
             "model_revision": getattr(self.config, "_commit_hash", None),
-            "tokenizer_hash": _tokenizer_hash(self.tokenizer),
+            "tokenizer_hash": tokenizer_hash(self.tokenizer),
             "random_init": self.random_init,
             "init_seed": self.init_seed if self.random_init else None,
             "device": self.device,
@@ -357,7 +394,7 @@ def _find_blocks(model, n_layers: int):
     return found[0][1]
 
 
-def _tokenizer_hash(tokenizer) -> str | None:
+def tokenizer_hash(tokenizer) -> str | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         try:

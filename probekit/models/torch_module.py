@@ -24,12 +24,8 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from probekit.errors import CheckpointError, UnknownNameError, UsageError
-
-
-def _first(out):
-    if hasattr(out, "logits"):
-        return out.logits
-    return out[0] if isinstance(out, (tuple, list)) else out
+from probekit.models.anatomy import Anatomy
+from probekit.models.hooks import Hook, first_output, run_with_hooks
 
 
 def module_patterns(model) -> dict[str, list[str]]:
@@ -45,11 +41,16 @@ class TorchModuleAdapter:
     """Any ``nn.Module`` with sites given as module-path patterns (see the module docstring)."""
 
     scheme = "torch"
+    #: its sizes come from one sample (``prepare``); patching needs the ``resid`` site named
+    capabilities = frozenset({"prepare", "patching"})
 
     def __init__(self, model, spec: str, site_paths: dict[str, list[str]], *, random_init, init_seed, device):
         self.model, self.spec, self.site_paths = model, spec, site_paths
         self.random_init, self.init_seed, self.device = random_init, init_seed, device
         self._d_model = self._d_out = None
+        modules = dict(model.named_modules())
+        # resid layer l: the output of the l-th module of the resid site (none named: no patching)
+        self.anatomy = Anatomy(model, "torch", resid=tuple((modules[p], "post") for p in site_paths.get("resid", ())))
 
     @classmethod
     def load(cls, rest: str, *, random_init: bool = False, init_seed: int = 12345, device: str = "cpu"):
@@ -123,23 +124,22 @@ class TorchModuleAdapter:
         if unknown:
             raise UnknownNameError("site", unknown[0], self.site_paths)
         modules = dict(self.model.named_modules())
-        captured, handles = {}, []
-        for site in sites:
-            for layer, path in enumerate(self.site_paths[site]):
-                def hook(_mod, _inp, out, key=(site, layer)):
-                    captured[key] = _first(out).detach()
-                handles.append(modules[path].register_forward_hook(hook))
+        captured: dict = {}
+        hooks = [Hook.capture(modules[path], captured, (site, layer))
+                 for site in sites for layer, path in enumerate(self.site_paths[site])]
         x = torch.as_tensor(inputs, device=self.device)
         x = x.long() if x.dtype in (torch.int32, torch.int64) else x.float()
-        try:
-            with torch.no_grad():
-                out = _first(self.model(x))
-        finally:
-            for h in handles:
-                h.remove()
+        out = first_output(run_with_hooks(lambda: self.model(x), hooks))
         acts = {s: torch.stack([captured[(s, i)] for i in range(len(self.site_paths[s]))], 1).float().cpu().numpy()
                 for s in sites}
         return acts, out.float().cpu().numpy()
+
+    def token_logits(self, ids, valid, keep=None):
+        """The module's output on token ids ``[batch, pos]`` (a torch tensor), or only at ``keep``."""
+        import torch
+
+        out = first_output(self.model(ids.to(torch.long)))
+        return out if keep is None else out[:, keep]
 
     def provenance(self) -> dict:
         import torch

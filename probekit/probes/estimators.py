@@ -171,6 +171,23 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
             raise ValueError(f"alphas must be a non-empty sequence of finite values > 0, got {self.alphas!r}")
         return rel
 
+    def _fold_stats(self, X, y2, fold, K) -> FoldStats:
+        """Sufficient statistics of every fold, accumulated over streamed chunks of rows."""
+        import torch
+
+        (n, F), k = X.shape, y2.shape[1]
+        stats = FoldStats(K, F, k, device=self.device)
+        # On the CPU, stream the rows fold by fold so each chunk arrives sorted and is copied
+        # only once; a GPU receives chunks as they are and sorts them itself.
+        on_cpu = torch.device(self.device).type == "cpu"
+        order = np.argsort(fold, kind="stable")
+        in_order = not on_cpu or bool(np.all(order == np.arange(n)))
+        batch = _BATCH_ROWS if on_cpu else max(_BATCH_ROWS, _GPU_CHUNK_BYTES // (8 * (F + k)))
+        for i in range(0, n, batch):
+            rows = slice(i, i + batch) if in_order else order[i : i + batch]
+            stats.add(X[rows], y2[rows], fold[rows])
+        return stats
+
     def fit(self, X, y, groups=None):
         """Fit on rows ``X`` [n, F] and targets ``y`` [n] or [n, k]; ``groups`` [n] names each row's sample."""
         import torch
@@ -182,27 +199,45 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         n, F = X.shape
         k = y2.shape[1]
         fold, K = self._folds(X, y, groups)
-
-        stats = FoldStats(K, F, k, device=self.device)
-        # On the CPU, stream the rows fold by fold so each chunk arrives sorted and is copied
-        # only once; a GPU receives chunks as they are and sorts them itself.
-        on_cpu = torch.device(self.device).type == "cpu"
-        order = np.argsort(fold, kind="stable")
-        in_order = not on_cpu or bool(np.all(order == np.arange(n)))
-        batch = _BATCH_ROWS if on_cpu else max(_BATCH_ROWS, _GPU_CHUNK_BYTES // (8 * (F + k)))
-        for i in range(0, n, batch):
-            rows = slice(i, i + batch) if in_order else order[i : i + batch]
-            stats.add(X[rows], y2[rows], fold[rows])
+        stats = self._fold_stats(X, y2, fold, K)
 
         if self.alpha_scale == "trace":
             alphas = alpha_grid(stats, tuple(rel))
         else:
             alphas = torch.tensor(rel, dtype=torch.float64, device=self.device)
-        A = len(alphas)
         total = stats.subset(range(K))
         _, _, _, sy, yy, n_t = total
         sst = (yy - sy * sy / n_t).cpu().numpy()  # per target, about the pooled mean
 
+        best = self._select_alphas(stats, total, alphas, sst, n, k, K, F)
+
+        # Refit on all rows with the chosen alpha(s); undo the reference-row shift.
+        sol = RidgeSolution.fit(total)
+        chosen = alphas[torch.as_tensor(best, device=alphas.device)]  # [k]
+        W = sol.V @ (sol.VC / (sol.e[:, None] + chosen[None, :]))  # [F, k]
+        b = sol.my - sol.mx @ W + stats.y_shift - stats.x_shift @ W
+
+        self.alphas_ = alphas.cpu().numpy()
+        self.n_folds_ = K
+        self.fold_of_row_ = fold
+        coef, intercept = W.T.cpu().numpy(), b.cpu().numpy()
+        alpha = self.alphas_[best]
+        if y.ndim == 1:
+            self.coef_, self.intercept_ = coef[0], float(intercept[0])
+            if self.cv_mse_.ndim == 2:
+                self.cv_mse_ = self.cv_mse_[:, 0]
+            self.alpha_ = float(alpha[0])
+        else:
+            self.coef_, self.intercept_ = coef, intercept
+            self.alpha_ = alpha if self.alpha_per_target else float(alpha[0])
+        return self
+
+    def _select_alphas(self, stats, total, alphas, sst, n: int, k: int, K: int, F: int) -> np.ndarray:
+        """The index into ``alphas`` chosen for each of the ``k`` targets by leave-one-fold-out CV
+        over the ``K`` folds of ``stats``; sets ``cv_mse_`` and ``best_score_``."""
+        import torch
+
+        A = len(alphas)
         if K >= 2:
             folds = [tuple(a[j] for a in (stats.xtx, stats.xty, stats.sx, stats.sy, stats.yy, stats.n))
                      for j in range(K)]
@@ -230,31 +265,11 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         else:
             warnings.warn(f"RidgeProbe: too few groups/rows ({n} rows) to cross-validate; "
                           f"fitting with the middle alpha of the grid ({float(alphas[A // 2]):.3g})",
-                          ProbekitWarning, stacklevel=2)
+                          ProbekitWarning, stacklevel=3)
             best = np.full(k, A // 2)
             self.cv_mse_ = np.full((A, k) if self.alpha_per_target else (A,), np.nan)
             self.best_score_ = float("nan")
-
-        # Refit on all rows with the chosen alpha(s); undo the reference-row shift.
-        sol = RidgeSolution.fit(total)
-        chosen = alphas[torch.as_tensor(best, device=alphas.device)]  # [k]
-        W = sol.V @ (sol.VC / (sol.e[:, None] + chosen[None, :]))  # [F, k]
-        b = sol.my - sol.mx @ W + stats.y_shift - stats.x_shift @ W
-
-        self.alphas_ = alphas.cpu().numpy()
-        self.n_folds_ = K
-        self.fold_of_row_ = fold
-        coef, intercept = W.T.cpu().numpy(), b.cpu().numpy()
-        alpha = self.alphas_[best]
-        if y.ndim == 1:
-            self.coef_, self.intercept_ = coef[0], float(intercept[0])
-            if self.cv_mse_.ndim == 2:
-                self.cv_mse_ = self.cv_mse_[:, 0]
-            self.alpha_ = float(alpha[0])
-        else:
-            self.coef_, self.intercept_ = coef, intercept
-            self.alpha_ = alpha if self.alpha_per_target else float(alpha[0])
-        return self
+        return best
 
     def predict(self, X):
         """Predictions [n] (1-d y at fit) or [n, k], float64."""

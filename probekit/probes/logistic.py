@@ -64,3 +64,28 @@ def control_labels(types: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed
     out = np.zeros_like(labels)
     out[mask] = [assignment[t] for t in types[mask].tolist()]
     return out
+
+
+def categorical_layer(out, idx, cond, arr, layer, tds, name, folds, settings, seed):
+    """Logistic probes for one categorical target: held-out accuracy (a band over permutations
+    for the shuffled condition) and, where types are given, control accuracy and selectivity."""
+    from probekit.probes.baselines import permuted_targets
+    from probekit.targets.hypothesis import MASK_SUFFIX, TYPES_SUFFIX
+
+    mask = np.asarray(tds[name + MASK_SUFFIX].values)
+    labels = np.asarray(tds[name].values)[..., 0]
+    X = gather_rows(arr, layer, mask)
+    row_fold = folds[np.nonzero(mask)[0]]
+    acc = lambda y: cv_accuracy(X, y, row_fold, settings.n_folds, C=settings.logistic_C,  # noqa: E731
+                                device=settings.device)
+    out["n_rows"][idx] = len(X)
+    if cond == "shuffled":
+        draws = [acc(v[mask]) for v in permuted_targets(labels, mask, settings.n_perm_categorical, seed)]
+        out["accuracy"][idx] = np.mean(draws)
+        out["acc_lo"][idx], out["acc_hi"][idx] = min(draws), max(draws)
+        return
+    out["accuracy"][idx] = acc(labels[mask])
+    if name + TYPES_SUFFIX in tds:
+        control = control_labels(np.asarray(tds[name + TYPES_SUFFIX].values), labels, mask, seed)
+        out["control_accuracy"][idx] = acc(control[mask])
+        out["selectivity"][idx] = out["accuracy"][idx] - out["control_accuracy"][idx]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.report.figures import pyplot, save_figure
+
 ROLES = (("induction", "induction"), ("prev_token", "prev-token"), ("duplicate", "duplicate"))
 
 
@@ -68,26 +70,11 @@ def heads_json(ds) -> dict:
     return {"attrs": attrs, "heads": heads}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    from probekit.report.probes import save_figure
-
-    return save_figure(fig, path)
-
-
 def plot_ov_qk(ds, path, threshold: float = 0.5) -> Path:
     """Scatter of each head's OV copying score (x) against its QK prefix-matching score (y),
     coloured by induction score; induction heads sit in the positive corner. Block-0 heads
     (no block before them to K-compose with) are drawn on y = 0 as open circles."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     ax.axhspan(0, 1.05, xmin=0.5, xmax=1, color="tab:green", alpha=0.07, lw=0)
     ax.axhline(0, color="0.6", lw=0.8)
@@ -116,7 +103,7 @@ def plot_ov_qk(ds, path, threshold: float = 0.5) -> Path:
     ax.set_ylabel("QK prefix-matching score  Σλ/Σ|λ|  (block-0 heads at 0)")
     ax.set_title(f"{ds.attrs['model_spec']}", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def log_radial(lam: np.ndarray, decades: float = 3.0) -> tuple[np.ndarray, np.ndarray, float]:
@@ -137,7 +124,7 @@ def plot_eigenvalues(ds, path, decades: float = 3.0) -> Path:
     """Each head's OV (blue) and QK prefix-matching (orange) eigenvalues in the complex plane on a
     log-radial scale: radius = decades above ``max|λ| · 10^-decades``; the positive real axis
     (right) is copying / prefix matching, the negative (left) anti-copying."""
-    plt = _pyplot()
+    plt = pyplot()
     L, H = ds.sizes["layer"], ds.sizes["head"]
     fig, axes = plt.subplots(L, H, figsize=(2.1 * H, 2.2 * L), squeeze=False)
     circle = np.linspace(0, 2 * np.pi, 100)
@@ -164,7 +151,7 @@ def plot_eigenvalues(ds, path, decades: float = 3.0) -> Path:
     fig.suptitle(f"eigenvalues (log-radial: rings = decades above max|λ|·1e-{decades:g}) · {ds.attrs['model_spec']}",
                  fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- dynamics
@@ -227,7 +214,7 @@ def _none(v: float):
 def plot_dynamics(ds, path) -> Path:
     """One figure: the ICL score (left axis, black) and each block >= 1 head's induction score
     (right axis, colours) against the training step, with each curve's knee marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.3))
     steps = ds.checkpoint.values
     ax.plot(steps, ds.icl_score.values, "k-o", ms=3, lw=1.8, label="ICL score")
@@ -250,12 +237,12 @@ def plot_dynamics(ds, path) -> Path:
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=6, loc="center right")
     ax.set_title(f"{ds.attrs['source']}\nICL score: {ds.attrs['icl_label']}", fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_by_position(ds, path) -> Path:
     """Mean loss at each position, clean and (if ablated) with the ablated heads."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for run in ds.run.values:
         ax.plot(ds.pos.values if "pos" in ds.coords else np.arange(ds.sizes["pos"]),
@@ -269,4 +256,20 @@ def plot_loss_by_position(ds, path) -> Path:
     ax.legend(fontsize=7)
     ax.set_title(f"{ds.attrs['model_spec']} · {icl.get('data', '')}", fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def render_heads(ds, png: Path, threshold: float = 0.5) -> tuple[list[Path], dict, object]:
+    """Everything ``probekit heads --model`` shows: the OV/QK scatter at ``png``, the eigenvalues
+    beside it (``.eig.png``) and, when the ICL score ran, the loss by position (``.loss.png``);
+    returns ``(plots, JSON payload, rich Table)``."""
+    pngs = [plot_ov_qk(ds, png, threshold), plot_eigenvalues(ds, png.with_name(f"{png.stem}.eig{png.suffix}"))]
+    if "loss_by_pos" in ds:
+        pngs.append(plot_loss_by_position(ds, png.with_name(f"{png.stem}.loss{png.suffix}")))
+    return pngs, heads_json(ds), heads_table(ds, threshold)
+
+
+def render_dynamics(ds, png: Path) -> tuple[list[Path], dict, object]:
+    """Everything ``probekit heads --checkpoints`` shows: the dynamics figure at ``png``;
+    returns ``(plots, JSON payload, rich Table)``."""
+    return [plot_dynamics(ds, png)], dynamics_json(ds), dynamics_table(ds)

@@ -1,4 +1,4 @@
-"""Terminal tables and PNG figures of probe results."""
+"""Terminal tables, JSON records and PNG figures of probe results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from probekit.report.figures import hide_unused, panel_grid, pyplot, save_figure
 
 # baseline conditions shown next to the model's R², with their short labels
 BASELINE_LABELS = {"shuffled": "shuffled", "random_init": "random-init"}
@@ -99,24 +101,6 @@ def _level(results) -> str:
         return "95%"
 
 
-def save_figure(fig, path, dpi: int = 120) -> Path:
-    """Write ``fig`` at ``path`` (PNG, or PDF/SVG by its suffix; making its folder) and close it;
-    returns the path. ``path`` must be absent or a figure file (:func:`probekit.outputs.check_output`);
-    the file is written beside it and renamed into place, so it is never half-written."""
-    import matplotlib.pyplot as plt
-
-    from probekit import outputs
-
-    path = outputs.check_output(path, outputs.FIGURE, option="--plot")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with outputs.replacing(path) as stage:
-            fig.savefig(stage, dpi=dpi, format=path.suffix.lstrip(".").lower())
-    finally:
-        plt.close(fig)
-    return path
-
-
 def _short(v: float) -> str:
     """Two decimals without a negative zero: baselines are read at a glance."""
     return "nan" if not np.isfinite(v) else f"{0.0 if abs(v) < 0.005 else v:.2f}"
@@ -149,16 +133,9 @@ def results_json(results) -> str:
 
 def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
     """PNG: R² against layer, one panel per target; model solid, random-init dashed, shuffled grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     site = site or str(results.site.values[0])
     targets = [str(t) for t in results.target.values]
-    ncol = min(4, len(targets))
-    nrow = -(-len(targets) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False, sharex=True)
+    fig, axes = panel_grid(len(targets), 4, (3.2, 2.6), sharex=True)
     layers = results.layer.values
     conds = [str(c) for c in results.condition.values]
     style = {"model": dict(color="C0", lw=2, marker="o", label="trained model"),
@@ -184,8 +161,7 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
         ax.set_ylim(min(-0.1, low - 0.05), 1.02)
         ax.axhline(0, color="k", lw=0.5)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(targets):]:
-        ax.axis("off")
+    hide_unused(axes, len(targets))
     for ax in axes[-1]:
         ax.set_xlabel("layer (0 = embeddings)")
     for ax in axes[:, 0]:
@@ -205,25 +181,17 @@ def plot_r2(results, path: str | Path, site: str | None = None) -> Path:
 def plot_r2_by_position(results, path: str | Path, site: str | None = None, condition: str = "model",
                         variable: str = "r2_pos") -> Path:
     """PNG heatmaps (layer × position) of held-out R², one panel per target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     site = site or str(results.site.values[0])
     data = results[variable].sel(site=site, condition=condition)
     targets = [str(t) for t in results.target.values]
-    ncol = min(3, len(targets))
-    nrow = -(-len(targets) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.7 * nrow), squeeze=False, layout="constrained")
+    fig, axes = panel_grid(len(targets), 3, (4.2, 2.7), layout="constrained")
     for ax, t in zip(axes.flat, targets):
         img = ax.imshow(data.sel(target=t).values, aspect="auto", origin="lower", vmin=0, vmax=1,
                         cmap="viridis", interpolation="nearest")
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("position", fontsize=8)
         ax.set_ylabel("layer", fontsize=8)
-    for ax in axes.flat[len(targets):]:
-        ax.axis("off")
+    hide_unused(axes, len(targets))
     fig.colorbar(img, ax=axes, shrink=0.8, label="held-out R²")
     what = "per-position probes" if variable == "r2_per_pos" else "pooled probe scored per position"
     fig.suptitle(f"{results.attrs.get('hypothesis')} · {site} · {condition} · {what}", fontsize=10)
@@ -303,19 +271,12 @@ def checkpoint_table(results, site: str | None = None, target: str | None = None
 def plot_r2_vs_checkpoint(results, path: str | Path, site: str | None = None) -> Path:
     """PNG: held-out R² (accuracy for categorical targets) against training step, one panel per
     target and one line per layer; grey dotted: the top of the shuffled baseline's band over layers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     site = site or str(results.site.values[0])
     targets = [str(t) for t in results.target.values]
-    ncol = min(4, len(targets))
-    nrow = -(-len(targets) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.7 * nrow), squeeze=False, sharex=True)
+    fig, axes = panel_grid(len(targets), 4, (3.4, 2.7), sharex=True)
     steps = results.checkpoint.values
     layers = results.layer.values
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+    colors = pyplot().get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
     conds = [str(c) for c in results.condition.values]
     for ax, t in zip(axes.flat, targets):
         metric = _primary(results, t)
@@ -338,8 +299,7 @@ def plot_r2_vs_checkpoint(results, path: str | Path, site: str | None = None) ->
         ax.set_title(t, fontsize=9)
         if len(steps) > 2 and steps.min() >= 0 and steps.max() > 100 * max(1, np.sort(steps)[1]):
             ax.set_xscale("symlog", linthresh=max(1, int(np.sort(steps)[1])))  # early steps get room
-    for ax in axes.flat[len(targets):]:
-        ax.axis("off")
+    hide_unused(axes, len(targets))
     for ax in axes[-1]:
         ax.set_xlabel("training step")
     for ax in axes[:, 0]:

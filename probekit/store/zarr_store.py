@@ -31,7 +31,7 @@ def _zarr():
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_zarr() -> Iterator[None]:
     """Silence zarr's notice that consolidated metadata is not in the v3 spec (we rely on it knowingly)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
@@ -46,7 +46,7 @@ def _checksummed(ds) -> dict:
     return {name: {**v.encoding, "compressors": [ZstdCodec(), Crc32cCodec()]} for name, v in ds.variables.items()}
 
 
-def _vlen_strings(ds):
+def vlen_strings(ds):
     """Store text as zarr v3 variable-length strings: fixed-width UTF-32 has no v3 specification."""
     kinds = {name: v for name, v in ds.variables.items() if v.dtype.kind == "U"}
     return ds.assign_coords({n: v.astype(object) for n, v in kinds.items() if n in ds.coords}).assign(
@@ -81,8 +81,8 @@ class Store:
         if store.path.exists() and (not store.path.is_dir() or any(store.path.iterdir())):
             raise StoreError(f"{store.path} already exists; refusing to write a new store over it")
         store.path.parent.mkdir(parents=True, exist_ok=True)
-        with _quiet():
-            base = _vlen_strings(base)
+        with quiet_zarr():
+            base = vlen_strings(base)
             base.to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False, write_empty_chunks=True,
                          encoding=_checksummed(base) if checksum else None)
         store.consolidate()
@@ -253,7 +253,7 @@ class Store:
 
     def consolidate(self) -> None:
         zarr = _zarr()
-        with _quiet():
+        with quiet_zarr():
             zarr.consolidate_metadata(self.path)
 
     # -- probe results -----------------------------------------------------------
@@ -266,8 +266,8 @@ class Store:
             n += 1
             key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}-{n}"
         try:
-            with _quiet():
-                ds = _vlen_strings(ds)
+            with quiet_zarr():
+                ds = vlen_strings(ds)
                 ds.to_zarr(self.path, group=key, mode="w-", zarr_format=3, consolidated=False,
                            write_empty_chunks=True, encoding=_checksummed(ds))
         except BaseException:

@@ -83,8 +83,8 @@ def test_train_that_runs_out_of_space_leaves_nothing(small_disk, workdir, capsys
 def test_a_cache_that_runs_out_of_space_mid_run_keeps_its_blocks_to_resume(small_disk, workdir, capsys, monkeypatch):
     """The disk check passes (it counts activations only) but the disk fills while blocks are written:
     the finished blocks are kept and the error says how to resume."""
-    from probekit.cache import run as cache
-    monkeypatch.setattr(cache, "check_disk", lambda path, needed: 10**12)  # as if another job filled the disk
+    from probekit.cache import plan
+    monkeypatch.setattr(plan, "check_disk", lambda path, needed: 10**12)  # as if another job filled the disk
     disk = small_disk("2m")
     code = run(["cache", "--model", "toy:model", "--out", disk / "s.zarr", "-n", "3000", "--block", "100"])
     err = capsys.readouterr().err
@@ -111,8 +111,8 @@ def test_a_read_only_disk_is_refused_before_any_work(small_disk, workdir, tiny_s
 
 def test_a_cache_that_runs_out_of_space_before_its_first_block_leaves_nothing(small_disk, workdir, capsys,
                                                                              monkeypatch):
-    from probekit.cache import run as cache
-    monkeypatch.setattr(cache, "check_disk", lambda path, needed: 10**12)
+    from probekit.cache import plan
+    monkeypatch.setattr(plan, "check_disk", lambda path, needed: 10**12)
     disk = small_disk("400k")  # the task inputs alone do not fit
     before = snapshot(disk)
     code = run(["cache", "--model", "toy:model", "--out", disk / "runs" / "s.zarr", "-n", "3000", "--block", "100"])

@@ -74,9 +74,9 @@ def test_overwrite_with_a_request_that_fails_leaves_the_store(fails, bad):
 
 
 def test_overwrite_that_fails_mid_run_leaves_the_old_store_intact(workdir, monkeypatch, capsys):
-    from probekit.cache import run as cache
+    from probekit.cache import writer
     calls = {"n": 0}
-    real = cache._to_store_dtype
+    real = writer.to_store_dtype
 
     def flaky(site, acts, dtype):  # the preflight casts once; fail on the second real block
         calls["n"] += 1
@@ -84,7 +84,7 @@ def test_overwrite_that_fails_mid_run_leaves_the_old_store_intact(workdir, monke
             raise OSError("disk on fire")
         return real(site, acts, dtype)
 
-    monkeypatch.setattr(cache, "_to_store_dtype", flaky)
+    monkeypatch.setattr(writer, "to_store_dtype", flaky)
     before = snapshot(workdir)
     code = run(["cache", "--model", "toy:model", "--out", "store.zarr", "-n", "60", "--block", "10",
                 "--batch-size", "10", "--overwrite"])
@@ -104,11 +104,11 @@ def test_overwrite_replaces_a_store_and_leaves_no_sibling(workdir, capsys):
 
 
 def test_a_new_store_that_fails_before_its_first_block_is_removed(workdir, monkeypatch, capsys):
-    from probekit.cache import run as cache
+    from probekit.cache import writer
     def broken(self, *a, **k):
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(cache._Fill, "__call__", broken)
+    monkeypatch.setattr(writer.BlockWriter, "__call__", broken)
     before = snapshot(workdir)
     assert run(["cache", "--model", "toy:model", "--out", "runs/new/fresh.zarr", "-n", "8"]) == 1
     assert snapshot(workdir) == before  # not even the folders made for it

@@ -273,7 +273,7 @@ def test_check_chunks_ignores_unfinished_units_and_refuses_unknown_ones(ckpt_sto
 
 def test_a_damaged_chunk_read_names_variable_layer_samples_and_checkpoint(ckpt_store):
     from probekit.probes.logistic import gather_rows
-    from probekit.probes.run import CheckpointView
+    from probekit.probes.blocks import CheckpointView
 
     flip_byte(_ckpt_chunk(ckpt_store, (1, 1, 2, 0, 0)))
     view = CheckpointView(ckpt_store.array("resid"), 1)

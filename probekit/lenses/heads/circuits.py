@@ -172,20 +172,24 @@ def toy_weights(model) -> HeadWeights:
 
 
 def gpt2_weights(model) -> HeadWeights:
-    """The matrices of a transformers GPT-2 model (``GPT2LMHeadModel``; Conv1D weights are ``x @ W``)."""
-    tr = model.transformer
-    d = tr.wte.weight.shape[1]
+    """The matrices of a transformers GPT-2 model (``GPT2LMHeadModel``; Conv1D weights are ``x @ W``),
+    its modules found through the ``gpt2`` entry of :data:`probekit.models.anatomy.FAMILIES`."""
+    from probekit.models.anatomy import FAMILIES
+
+    names = FAMILIES["gpt2"]
+    wte = model.get_submodule(names["embed"])
+    d = wte.weight.shape[1]
     H = model.config.n_head
     Q, K, V, O = [], [], [], []
-    for block in tr.h:
-        fold = layernorm_fold(block.ln_1, d)
-        w = _np(block.attn.c_attn.weight)  # [d, 3d]
+    for block in model.get_submodule(names["blocks"]):
+        fold = layernorm_fold(block.get_submodule(names["ln1"]), d)
+        w = _np(block.get_submodule(names["qkv"]).weight)  # [d, 3d]
         Q.append(_split_heads(fold @ w[:, :d], H))
         K.append(_split_heads(fold @ w[:, d: 2 * d], H))
         V.append(_split_heads(fold @ w[:, 2 * d:], H))
-        O.append(_np(block.attn.c_proj.weight).reshape(H, d // H, d))
-    W_U = layernorm_fold(tr.ln_f, d) @ _np(model.get_output_embeddings().weight).T
-    return HeadWeights(_np(tr.wte.weight), W_U, np.stack(Q), np.stack(K), np.stack(V), np.stack(O), "gpt2")
+        O.append(_np(block.get_submodule(names["out_proj"]).weight).reshape(H, d // H, d))
+    W_U = layernorm_fold(model.get_submodule(names["ln_final"]), d) @ _np(model.get_output_embeddings().weight).T
+    return HeadWeights(_np(wte.weight), W_U, np.stack(Q), np.stack(K), np.stack(V), np.stack(O), "gpt2")
 
 
 def tlens_weights(model) -> HeadWeights:
@@ -206,21 +210,23 @@ def tlens_weights(model) -> HeadWeights:
                        qk_meaningful=absolute)
 
 
+#: the matrix reader for each ``Anatomy.weights`` an adapter can declare
+READERS = {"toy": toy_weights, "gpt2": gpt2_weights, "tlens": tlens_weights}
+
+
 def head_weights(adapter) -> tuple[HeadWeights | None, str]:
     """The adapter's model matrices and where they came from, or ``(None, why not)``."""
-    model = getattr(adapter, "model", None)
-    cfg = getattr(getattr(adapter, "ckpt", None), "config", None)
-    if cfg is not None and model is not None:
-        if cfg.arch == "transformer" and cfg.input_kind == "tokens":
-            return toy_weights(model), "toy"
-        return None, "weight scores need a toy transformer with token inputs"
-    if model is not None and hasattr(getattr(model, "cfg", None), "d_vocab"):
-        return tlens_weights(model), "tlens"
-    model_type = getattr(getattr(adapter, "config", None), "model_type", None)
-    if model_type == "gpt2" and model is not None and hasattr(model, "transformer"):
-        return gpt2_weights(model), "gpt2"
-    return None, (f"weight scores (OV, QK) are implemented for toy, GPT-2 and TransformerLens models; "
-                  f"{getattr(adapter, 'spec', '?')} is {model_type or type(model).__name__}")
+    from probekit.models.anatomy import anatomy_of
+    from probekit.models.capabilities import has
+
+    if not has(adapter, "weights"):
+        try:
+            note = anatomy_of(adapter).weights_note
+        except UsageError:
+            note = ""
+        return None, note or f"weight scores (OV, QK) need a model that declares readable weights; {adapter.spec} does not"
+    anatomy = anatomy_of(adapter)
+    return READERS[anatomy.weights](anatomy.model), anatomy.weights
 
 
 # ----------------------------------------------------------------------------- eigen-scores
@@ -286,22 +292,3 @@ def weight_scores(W: HeadWeights, prev_heads: list[int | None] | None = None) ->
             qk_lam[layer, head] = qk_prefix_eigenvalues(W, layer, head, best)
             qk[layer, head] = eigen_score(qk_lam[layer, head])
     return {"ov_copying": ov, "qk_prefix": qk, "ov_eigenvalues": ov_lam, "qk_eigenvalues": qk_lam}
-
-
-def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """``"1.0,1.2"`` -> ``[(1, 0), (1, 2)]``, checked against the model's blocks and heads."""
-    out = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        layer, sep, head = item.partition(".")
-        if not sep or not layer.isdigit() or not head.isdigit():
-            raise UsageError(f"head {item!r} must look like LAYER.HEAD (e.g. 1.2, blocks counted from 0)")
-        l, h = int(layer), int(head)
-        if l >= n_layers or h >= n_heads:
-            raise UsageError(f"head {item} does not exist: the model has {n_layers} blocks of {n_heads} heads "
-                             f"(0.0 .. {n_layers - 1}.{n_heads - 1})")
-        out.append((l, h))
-    if not out:
-        raise UsageError(f"no heads in {spec!r}; name them like 1.0,1.2")
-    return out

@@ -19,19 +19,19 @@ score and the head scores through the checkpoints of a training run.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from probekit.lenses.heads import circuits
 from probekit.errors import DataError, UnknownNameError, UsageError
+from probekit.lenses.heads import circuits
+from probekit.models.anatomy import anatomy_of
+from probekit.models.capabilities import has, require
+from probekit.models.hooks import Ablation, ComponentMeans, ablation_hooks, hooks_installed, parse_heads
 
 ABLATIONS = ("zero", "mean")
-OUT_PROJ_NAMES = ("attn.W_o", "attn.c_proj", "self_attn.o_proj", "attn.out_proj", "attention.dense",
-                  "attention.o_proj", "self_attention.dense")
 
 
 @dataclass(frozen=True)
@@ -77,28 +77,11 @@ class TokenLayout:
 
 
 def token_layout(adapter) -> TokenLayout:
-    """Vocabulary, BOS and context length of a token model (``toy:``, ``hf:`` or ``tlens:``)."""
-    cfg = getattr(getattr(adapter, "ckpt", None), "config", None)
-    if cfg is not None:
-        if cfg.input_kind != "tokens":
-            raise UsageError(f"probekit heads needs a token model; {adapter.spec} reads continuous inputs")
-        bos = adapter.ckpt.task_params.get("bos") is True
-        return TokenLayout(cfg.d_in, 0 if bos else None, np.arange(1 if bos else 0, cfg.d_in), cfg.max_len)
-    model, tok = getattr(adapter, "model", None), getattr(adapter, "tokenizer", None)
-    tl_cfg = getattr(model, "cfg", None)
-    if tl_cfg is not None and hasattr(tl_cfg, "d_vocab"):  # TransformerLens
-        n_emb, max_pos = int(tl_cfg.d_vocab), int(tl_cfg.n_ctx)
-        wants_bos = bool(getattr(tl_cfg, "default_prepend_bos", True))
-    elif tok is not None and hasattr(model, "get_input_embeddings"):  # hf
-        n_emb, max_pos, wants_bos = int(model.get_input_embeddings().num_embeddings), adapter.max_positions, True
-    else:
-        raise UsageError(f"probekit heads needs a token model (toy:, hf: or tlens:); {adapter.spec} is none of them")
-    special = set(getattr(tok, "all_special_ids", []) or []) if tok is not None else set()
-    size = min(len(tok), n_emb) if tok is not None else n_emb
-    allowed = np.array([i for i in range(size) if i not in special], dtype=np.int64)
-    bos = getattr(tok, "bos_token_id", None) if wants_bos else None
-    bos = bos if bos is not None and bos < n_emb else None
-    return TokenLayout(n_emb, bos, allowed, max_pos or 1024)
+    """Vocabulary, BOS and context length of a token model (from its anatomy)."""
+    require(adapter, "tokens", "probekit heads")
+    an = anatomy_of(adapter)
+    allowed = np.array([i for i in range(an.n_tokens) if i not in an.special_ids], dtype=np.int64)
+    return TokenLayout(an.vocab, an.bos_id, allowed, an.max_positions or 1024)
 
 
 def default_segment(layout: TokenLayout, repeats: int, segment: int | None) -> int:
@@ -111,7 +94,7 @@ def default_segment(layout: TokenLayout, repeats: int, segment: int | None) -> i
 
 
 def _run(adapter, inputs, sites, valid=None):
-    if valid is not None and "valid" in inspect.signature(adapter.run).parameters:
+    if valid is not None and has(adapter, "padding"):
         return adapter.run(inputs, sites, valid=valid)
     return adapter.run(inputs, sites)
 
@@ -157,12 +140,11 @@ def eval_data(host, adapter, settings: HeadsSettings, layout: TokenLayout | None
         mask[:, :-1] &= valid[:, 1:]
         mask[:, -1] = False
         return EvalData(ids, targets, mask, "tokens", f"text {settings.text} ({len(ids)} prompts)", valid)
-    ckpt = getattr(adapter, "ckpt", None)
-    name = settings.task or (ckpt.task if ckpt is not None else None)
-    if name is not None:
-        params = dict(ckpt.task_params) if ckpt is not None and ckpt.task == name else {}
-        params.update(settings.task_params)
-        task = host.tasks.get(name)(**params)
+    from probekit.tasks.resolve import resolve_task
+
+    resolved = resolve_task(host, adapter, settings.task, settings.task_params, missing=None)
+    if resolved is not None:
+        name, task = resolved.name, resolved.build()
         ds = task.generate(n, settings.icl_seed)
         io = task.io
         x, y = np.asarray(ds[io.input_var].values), np.asarray(ds[io.target_var].values)
@@ -221,104 +203,31 @@ def icl_score(losses: np.ndarray, late: int, early: int) -> float:
 
 
 # ----------------------------------------------------------------------------- ablation
-def head_outputs(adapter) -> list[tuple]:
-    """Where each block's per-head outputs can be read and replaced: ``(module, "merged")`` for the
-    attention output projection, whose input is the heads' outputs concatenated head-major (toy,
-    ``hf:``), or ``(module, "split")`` for TransformerLens's ``attn.hook_z`` ``[b, pos, head, d_head]``."""
-    model = adapter.model
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "d_vocab") and hasattr(model, "blocks"):  # TransformerLens
-        return [(block.attn.hook_z, "split") for block in model.blocks]
-    blocks = getattr(adapter, "blocks", None) or getattr(model, "blocks", None)
-    if blocks is None:
-        raise UsageError(f"cannot find the blocks of {adapter.spec} to ablate heads in")
-    found = []
-    for i, block in enumerate(blocks):
-        mods = dict(block.named_modules())
-        name = next((n for n in OUT_PROJ_NAMES if n in mods), None)
-        if name is None:
-            raise UsageError(f"cannot find the attention output projection of block {i} of {adapter.spec} "
-                             f"(looked for {', '.join(OUT_PROJ_NAMES)})")
-        found.append((mods[name], "merged"))
-    return found
-
-
-def n_heads(adapter) -> int:
-    cfg = getattr(getattr(adapter, "ckpt", None), "config", None)
-    return int(cfg.n_heads) if cfg is not None else int(adapter.n_heads)
-
-
-def _per_head(z, kind: str, H: int):
-    """``z`` as ``[..., pos, head, d_head]`` (a view: writing to it writes to ``z``)."""
-    return z if kind == "split" else z.view(*z.shape[:-1], H, z.shape[-1] // H)
-
-
-def _register(module, kind: str, fn):
-    """Hook ``fn(z) -> z or None`` on the heads' outputs of one block."""
-    if kind == "merged":
-        def pre(_mod, args):
-            z = fn(args[0])
-            return None if z is None else (z, *args[1:])
-        return module.register_forward_pre_hook(pre)
-    return module.register_forward_hook(lambda _mod, _args, out: fn(out))
-
-
 @contextlib.contextmanager
-def ablated(adapter, heads: list[tuple[int, int]], means: dict | None = None):
-    """Within the block, ``heads`` output zero (or ``means[(layer, head)]``, ``[T, d_head]``)."""
-    sites, H = head_outputs(adapter), n_heads(adapter)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    handles = []
-    for layer, hs in by_layer.items():
-        module, kind = sites[layer]
-
-        def replace(z, hs=hs, layer=layer, kind=kind):
-            z = z.clone()
-            view = _per_head(z, kind, H)
-            for h in hs:
-                if means is None:
-                    view[..., h, :] = 0
-                else:
-                    view[..., h, :] = means[(layer, h)][: view.shape[-3]].to(z.dtype)
-            return z
-        handles.append(_register(module, kind, replace))
-    try:
+def ablated(adapter, heads, means: dict | None = None):
+    """Within the block, ``heads`` ``(block, head)`` output zero (or their per-position mean,
+    ``means`` from :func:`head_means`): :func:`probekit.models.hooks.ablation_hooks`."""
+    require(adapter, "heads", "head ablation")
+    ablation = Ablation(tuple(heads), mode="zero" if means is None else "mean")
+    with hooks_installed(ablation_hooks(anatomy_of(adapter), ablation, means)):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
-def head_means(adapter, data: EvalData, heads: list[tuple[int, int]], batch_size: int = 64) -> dict:
-    """Each head's output averaged over sequences at each position (padding excluded): ``[T, d_head]``."""
+def head_means(adapter, data: EvalData, heads, batch_size: int = 64) -> dict:
+    """Each head's output averaged over sequences at each position (padding excluded):
+    ``{("head", block): [T, head, d_head]}``, summed in float64."""
     import torch
 
-    sites, H = head_outputs(adapter), n_heads(adapter)
-    sums: dict[int, torch.Tensor] = {}
-    counts = torch.zeros(data.inputs.shape[1], dtype=torch.float64)
-    current = {}
-
-    def make_hook(layer, kind):
-        def record(z):
-            view = _per_head(z.detach(), kind, H).double().cpu()  # [b, T, H, dh]
-            sums[layer] = sums.get(layer, 0) + (view * current["w"][..., None, None]).sum(0)
-        return record
-
-    handles = [_register(*sites[l], make_hook(l, sites[l][1])) for l in sorted({l for l, _ in heads})]
-    try:
-        for s0 in range(0, len(data.inputs), batch_size):
-            sl = slice(s0, s0 + batch_size)
-            w = torch.ones(data.inputs[sl].shape[:2], dtype=torch.float64) if data.valid is None else \
-                torch.as_tensor(data.valid[sl], dtype=torch.float64)
-            current["w"] = w
-            counts += w.sum(0)
-            _run(adapter, data.inputs[sl], [], None if data.valid is None else data.valid[sl])
-    finally:
-        for h in handles:
-            h.remove()
-    return {(l, h): (sums[l][:, h] / counts.clamp(min=1)[:, None]).float() for l, h in heads}
+    require(adapter, "heads", "head ablation")
+    acc = ComponentMeans(anatomy_of(adapter), Ablation(tuple(heads), mode="mean"), data.inputs.shape[1],
+                         dtype=torch.float64, device="cpu")
+    for s0 in range(0, len(data.inputs), batch_size):
+        sl = slice(s0, s0 + batch_size)
+        valid = None if data.valid is None else data.valid[sl]
+        with hooks_installed(acc.hooks()):
+            _run(adapter, data.inputs[sl], [], valid)
+        acc.add(np.ones(data.inputs[sl].shape[:2]) if valid is None else valid)
+    return acc.result()
 
 
 # ----------------------------------------------------------------------------- phase change
@@ -421,7 +330,10 @@ def _mean_by_position(losses: np.ndarray) -> np.ndarray:
 def _ablation_heads(settings: HeadsSettings, induction: np.ndarray) -> list[tuple[int, int]]:
     L, H = induction.shape
     if settings.ablate != "induction":
-        return circuits.parse_heads(settings.ablate, L, H)
+        heads = list(parse_heads(settings.ablate, L, H))
+        if not heads:
+            raise UsageError(f"no heads in {settings.ablate!r}; name them like 1.0,1.2")
+        return heads
     first = 1 if L > 1 else 0
     heads = [(l, h) for l in range(first, L) for h in range(H) if induction[l, h] >= settings.threshold]
     if not heads:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from probekit.errors import DataError, UsageError
 from probekit.lenses.interventions.patching import TokenPair
+from probekit.models.anatomy import anatomy_of
+from probekit.models.capabilities import has
 
 KEYS = ("a", "b", "answer")
 
@@ -76,8 +78,8 @@ def _check_record(rec, where: str) -> dict:
 
 def encode_pairs(adapter, records: list[dict]) -> list[TokenPair]:
     """Token ids of each pair for ``adapter`` (text through its tokenizer; id lists as given)."""
-    tokenizer = getattr(adapter, "tokenizer", None)
-    vocab = _vocab_size(adapter)
+    tokenizer = adapter.tokenizer if has(adapter, "tokenizer") else None
+    vocab = anatomy_of(adapter).vocab if has(adapter, "tokens") else None
     pairs = []
     for i, rec in enumerate(records):
         texts = [isinstance(rec[k], str) for k in KEYS]
@@ -132,12 +134,3 @@ def _ids(tokenizer, text: str, special: bool = True) -> tuple[int, ...]:
 def _answer_in_context(tokenizer, prompt: str, ids: tuple[int, ...], answer: str) -> tuple[int, ...] | None:
     full = _ids(tokenizer, prompt + answer)
     return full[len(ids):] if full[:len(ids)] == ids and len(full) > len(ids) else None
-
-
-def _vocab_size(adapter) -> int | None:
-    model = getattr(adapter, "model", None)
-    get = getattr(model, "get_input_embeddings", None)
-    if callable(get):
-        return int(get().num_embeddings)
-    ckpt = getattr(adapter, "ckpt", None)
-    return int(ckpt.config.d_in) if ckpt is not None else None

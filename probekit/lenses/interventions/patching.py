@@ -31,8 +31,10 @@ A prompt + answer, aligned at the start; each position averaged over the prompts
 computed from unablated runs. Blocks and heads are numbered from 0 as in TransformerLens and
 ``probekit heads``: ablating block L changes resid layers L + 1 and later.
 
-Works on ``toy:`` (token inputs), ``hf:`` (causal LMs) and ``torch:`` (resid patching only)
-adapters; everything runs batched on the adapter's device under ``torch.no_grad``.
+Works on adapters that declare the ``patching`` capability (toy transformers with token inputs,
+``hf:`` causal LMs, ``torch:`` modules with a ``resid`` site); head ablation also needs ``heads``.
+Everything runs batched on the adapter's device under ``torch.no_grad``, through the one hook
+runner of :mod:`probekit.models.hooks`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from probekit.errors import DataError, UsageError
 from probekit.models.hooks import (  # noqa: F401  (re-exported: the intervention API names them)
     MODES,
     Ablation,
+    ComponentMeans,
     Forward,
     Hooked,
     Patch,
@@ -54,6 +57,7 @@ from probekit.models.hooks import (  # noqa: F401  (re-exported: the interventio
     parse_blocks,
     parse_heads,
     run_hooked,
+    run_with_hooks,
 )
 
 Progress = Callable[[str, int, int], None]
@@ -134,39 +138,18 @@ def component_means(hooked: Hooked, seqs: Sequence[Sequence[int]], ablation: Abl
     excluded): ``{("head", b): [T, head, d_head], ("block", b): [T, d_model]}``."""
     import torch
 
-    sums: dict = {}
-    count = torch.zeros(max(len(s) for s in seqs), device=hooked.device)
-    heads = sorted({b for b, _ in ablation.heads})
+    hooked = hooked_model(hooked)
+    acc = ComponentMeans(hooked.anatomy, ablation, max(len(s) for s in seqs), dtype=torch.float32,
+                         device=hooked.device)
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start:start + batch_size]
         ids, valid = _pad(chunk, hooked.pad_id, hooked.device)
-        got, handles = {}, []
-        for b in heads:
-            handles.append(hooked.head_projs[b].register_forward_pre_hook(
-                lambda _m, args, b=b, got=got: got.__setitem__(("head", b), args[0])))
-        for b in ablation.blocks:
-            handles.append(hooked.blocks[b].register_forward_hook(
-                lambda _m, args, kwargs, out, b=b, got=got: got.__setitem__(
-                    ("block", b), first_output(out) - (args[0] if args else kwargs["hidden_states"])),
-                with_kwargs=True))
-        try:
-            with torch.no_grad():
-                hooked.logits(ids, valid, torch.zeros(1, dtype=torch.long, device=ids.device))
-        finally:
-            for h in handles:
-                h.remove()
-        m = valid.float()
-        T = ids.shape[1]
-        count[:T] += m.sum(0)
-        for key, x in got.items():
-            s = (x.float() * m[..., None]).sum(0)
-            if key not in sums:
-                sums[key] = torch.zeros(len(count), s.shape[-1], device=hooked.device)
-            sums[key][:T] += s
+        keep = torch.zeros(1, dtype=torch.long, device=ids.device)
+        run_with_hooks(lambda: hooked.logits(ids, valid, keep), acc.hooks())
+        acc.add(valid)
         if on_progress:
             on_progress("means", start + len(chunk), len(seqs))
-    means = {k: v / count.clamp(min=1)[:, None] for k, v in sums.items()}
-    return {k: (v.view(len(count), hooked.n_heads, -1) if k[0] == "head" else v) for k, v in means.items()}
+    return acc.result()
 
 
 def answer_logprobs(adapter, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], *,
@@ -174,7 +157,7 @@ def answer_logprobs(adapter, prompts: Sequence[Sequence[int]], answers: Sequence
                     on_progress: Progress | None = None) -> np.ndarray:
     """log p(answer_i | prompt_i) for each prompt (summed over the answer's tokens, teacher-forced),
     optionally with ``ablation`` (``mean``: over these prompts + answers). float64 ``[n]``."""
-    hooked = adapter if isinstance(adapter, Hooked) else hooked_model(adapter)
+    hooked = hooked_model(adapter)
     prompts, answers = [tuple(p) for p in prompts], [tuple(a) for a in answers]
     _check_rows(prompts, answers)
     hooked.check(ablation)
@@ -214,10 +197,7 @@ def patch_residual(adapter, pairs: Sequence[TokenPair], *, layers: Sequence[int]
     (with ``ablation``), ``logp_a_clean``, ``logp_b``, ``n_answer``, ``len_a``, ``len_b``
     ``(pair)``; ``token_b`` ``(pair, pos)`` (token ids, -1 where none).
     """
-    import torch
-    import xarray as xr
-
-    hooked = adapter if isinstance(adapter, Hooked) else hooked_model(adapter)
+    hooked = hooked_model(adapter)
     pairs = list(pairs)
     if not pairs:
         raise DataError("no prompt pairs to patch")
@@ -226,18 +206,27 @@ def patch_residual(adapter, pairs: Sequence[TokenPair], *, layers: Sequence[int]
     if not layers or any(not 0 <= x < hooked.n_resid for x in layers):
         raise UsageError(f"resid layers must be in 0-{hooked.n_resid - 1}, got {layers}")
     hooked.check(ablation)
-    n, P = len(pairs), max(len(p.b) for p in pairs)
-    answers = [p.answer for p in pairs]
+    n, answers = len(pairs), [p.answer for p in pairs]
     report = on_progress or (lambda *_: None)
     means = None
     if ablation and ablation.mode == "mean":
         means = component_means(hooked, _scored_inputs([p.a for p in pairs], answers), ablation,
                                 batch_size=batch_size, on_progress=report)
-
     logp_b = np.concatenate([_score(hooked, [p.b for p in pairs[s:s + batch_size]], answers[s:s + batch_size])[0]
                              for s in range(0, n, batch_size)])
     report("run b", n, n)
-    logp_a_clean, logp_a, resid_a = [], [], []  # resid_a[i]: [layer, len_b, d] aligned with B's prompt
+    logp_a_clean, logp_a, resid_a = _run_a(hooked, pairs, layers, ablation, means, batch_size, report)
+    patched = _patch_each(hooked, pairs, layers, resid_a, batch_size, report)
+    return _patch_dataset(pairs, layers, patched, logp_a, logp_a_clean, logp_b, ablation, min_gap)
+
+
+def _run_a(hooked, pairs, layers, ablation, means, batch_size, report):
+    """Run A of every pair (with ``ablation``; without it too when there is one): the answer's
+    log-probs and each pair's resid ``[layer, len_b, d]`` at the A positions aligned with B's."""
+    import torch
+
+    n, answers = len(pairs), [p.answer for p in pairs]
+    logp_a_clean, logp_a, resid_a = [], [], []
     for s in range(0, n, batch_size):
         chunk = pairs[s:s + batch_size]
         if ablation:
@@ -250,12 +239,19 @@ def patch_residual(adapter, pairs: Sequence[TokenPair], *, layers: Sequence[int]
             resid_a.append(torch.stack([fwd.resid[layer][r, src] for layer in layers]))
         report("run a", min(s + batch_size, n), n)
     logp_a = np.concatenate(logp_a)
-    logp_a_clean = np.concatenate(logp_a_clean) if ablation else logp_a
+    return (np.concatenate(logp_a_clean) if ablation else logp_a), logp_a, resid_a
 
-    # every (pair, layer, B position) with a counterpart in A, patched one at a time
+
+def _patch_each(hooked, pairs, layers, resid_a, batch_size, report) -> np.ndarray:
+    """log p(answer) of run B with one (layer, position) from run A, for every B position that has
+    a counterpart in A: ``[pair, layer, pos]`` aligned from the end (NaN elsewhere)."""
+    import torch
+
+    n, P, answers = len(pairs), max(len(p.b) for p in pairs), [p.answer for p in pairs]
     jobs = [(i, li, p) for i, pair in enumerate(pairs) for li in range(len(layers))
             for p in range(len(pair.b)) if pair.source(p) is not None]
     patched = np.full((n, len(layers), P), np.nan)
+    t = lambda v: torch.as_tensor(v, dtype=torch.long, device=hooked.device)  # noqa: E731
     for s in range(0, len(jobs), batch_size):
         chunk = jobs[s:s + batch_size]
         patches = []
@@ -263,14 +259,19 @@ def patch_residual(adapter, pairs: Sequence[TokenPair], *, layers: Sequence[int]
             rows = [r for r, j in enumerate(chunk) if j[1] == li]
             pos = [chunk[r][2] for r in rows]
             vals = torch.stack([resid_a[chunk[r][0]][li, chunk[r][2]] for r in rows])
-            t = lambda v: torch.as_tensor(v, dtype=torch.long, device=hooked.device)
             patches.append(Patch(layers[li], t(rows), t(pos), vals))
         lp, _ = _score(hooked, [pairs[i].b for i, _, _ in chunk], [answers[i] for i, _, _ in chunk],
                        patches=patches)
         for (i, li, p), v in zip(chunk, lp):
             patched[i, li, P - len(pairs[i].b) + p] = v
         report("patch", s + len(chunk), len(jobs))
+    return patched
 
+
+def _patch_dataset(pairs, layers, patched, logp_a, logp_a_clean, logp_b, ablation, min_gap):
+    import xarray as xr
+
+    n, P, answers = len(pairs), patched.shape[-1], [p.answer for p in pairs]
     gap = logp_a - logp_b
     with np.errstate(invalid="ignore", divide="ignore"):
         rec_pair = (patched - logp_b[:, None, None]) / np.where(np.abs(gap) < min_gap, np.nan, gap)[:, None, None]
@@ -313,7 +314,7 @@ def ablate(adapter, pairs: Sequence[TokenPair], ablation: Ablation, *, batch_siz
     (a Dataset over ``pair``: ``logp_a_clean``, ``logp_a``, ``delta = logp_a - logp_a_clean``, ``logp_b``)."""
     import xarray as xr
 
-    hooked = adapter if isinstance(adapter, Hooked) else hooked_model(adapter)
+    hooked = hooked_model(adapter)
     a, b, ans = [p.a for p in pairs], [p.b for p in pairs], [p.answer for p in pairs]
     clean = answer_logprobs(hooked, a, ans, batch_size=batch_size)
     abl = answer_logprobs(hooked, a, ans, ablation=ablation, batch_size=batch_size, on_progress=on_progress)

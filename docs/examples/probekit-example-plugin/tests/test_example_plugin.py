@@ -37,7 +37,7 @@ def test_hypothesis_conforms():
 
 
 def test_registered_through_the_entry_point():
-    from probekit.plugin.host import PluginHost
+    from probekit import PluginHost
 
     host = PluginHost.default(pin=["example"])
     assert host.tasks.get("gaussian-mean") is GaussianMean

@@ -4,7 +4,7 @@ Registers the task ``gaussian-mean`` and the hypothesis ``running-mean``, throug
 ``probekit`` entry-point group (``pyproject.toml``).
 """
 
-from probekit.plugin.hookspecs import hookimpl
+from probekit import hookimpl
 from probekit_example.mean import GaussianMean, RunningMean
 
 __all__ = ["GaussianMean", "RunningMean"]

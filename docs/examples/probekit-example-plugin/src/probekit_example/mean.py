@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probekit.errors import UsageError
-from probekit.targets.hypothesis import Hypothesis, Target
-from probekit.tasks import ModelIO, Task
+from probekit import Hypothesis, ModelIO, Target, Task, UsageError
 
 
 @dataclass(frozen=True)

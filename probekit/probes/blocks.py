@@ -1,0 +1,90 @@
+"""The per-block jobs an executor runs: read one (sample block, layer) chunk of a store and
+either accumulate fold statistics (pass 1) or score held-out predictions (pass 2). Jobs carry
+a ``source`` tuple, not an open array, so they travel to dask workers; each process opens
+an array once (cached) and a rewritten store is never read through a stale handle."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from probekit.probes import scoring
+from probekit.probes.ridge import FoldStats, sum_stats
+from probekit.store.zarr_store import Store
+
+
+class CheckpointView:
+    """One checkpoint of a ``(checkpoint, sample, layer, ...)`` array, indexed like a plain
+    ``(sample, layer, ...)`` one: the probing engine runs on it unchanged."""
+
+    def __init__(self, arr, checkpoint: int):
+        self.arr, self.checkpoint = arr, checkpoint
+        self.shape, self.chunks, self.dtype = arr.shape[1:], arr.chunks[1:], arr.dtype
+
+    def __getitem__(self, key):
+        return self.arr[(self.checkpoint, *(key if isinstance(key, tuple) else (key,)))]
+
+
+def view(arr, checkpoint: int | None):
+    """``arr`` itself, or one checkpoint of it."""
+    return arr if checkpoint is None else CheckpointView(arr, checkpoint)
+
+
+@lru_cache(maxsize=64)
+def _array(path: str, group: str | None, site: str, version: int, checkpoint: int | None = None):
+    """Open one activation array (cached per process; ``version`` is its metadata's mtime,
+    so a rewritten store is never read through a stale handle), or one checkpoint of it."""
+    return view(Store(path).array(site, group), checkpoint)
+
+
+def source(store: Store, group: str | None, site: str, checkpoint: int | None = None) -> tuple:
+    """What a job needs to open one site's array (of one checkpoint) in any process."""
+    meta = store.path / (group or "") / site / "zarr.json"
+    return (str(store.path), group, site, meta.stat().st_mtime_ns, checkpoint)
+
+
+def read(src: tuple, layer: int, s0: int, s1: int) -> np.ndarray:
+    """One chunk: activations ``[s1 - s0, pos, feature]`` of one layer, as float32. A chunk zarr
+    cannot decode (crc32c mismatch, truncated) is a :class:`StoreError` naming it."""
+    arr = _array(*src)
+    try:
+        return np.asarray(arr[s0:s1, layer], dtype=np.float32)
+    except (ValueError, RuntimeError, OSError, TypeError) as exc:
+        from probekit.store.integrity import read_error
+
+        raise read_error(arr, layer, s0, s1, exc) from exc
+
+
+def accumulate_block(src, layer, s0, s1, mask, y, fold, n_folds, shift, per_pos, device="cpu") -> dict:
+    """Pass 1 on one block: fold statistics (pooled, and per position if asked) as numpy."""
+    acts = read(src, layer, s0, s1)
+    F, k = acts.shape[-1], y.shape[-1]
+    pooled = FoldStats(n_folds, F, k, device=device).set_shift(*shift)
+    order = np.argsort(fold, kind="stable")  # samples by fold: the probed rows arrive sorted, one copy
+    i, pos = np.nonzero(mask[order])
+    rows = order[i]
+    pooled.add(acts[rows, pos], y[rows, pos], fold[rows])
+    out = {"pooled": pooled.to_numpy()}
+    if per_pos:
+        out["per_pos"] = []
+        for t in range(mask.shape[1]):
+            st = FoldStats(n_folds, F, k, device=device).set_shift(*shift)
+            m = mask[:, t]
+            st.add(acts[m, t], y[m, t], fold[m])
+            out["per_pos"].append(st.to_numpy())
+    return out
+
+
+def add_block_stats(a: dict, b: dict) -> dict:
+    """The reduction of pass 1: ``a + b`` (in place in ``a``)."""
+    a["pooled"] = sum_stats(a["pooled"], b["pooled"])
+    if "per_pos" in a:
+        a["per_pos"] = [sum_stats(x, y) for x, y in zip(a["per_pos"], b["per_pos"])]
+    return a
+
+
+def score_block(src, layer, s0, s1, mask, y, fold, coef, intercept, x_shift, cols, fold_mean) -> list:
+    """Pass 2 on one block: held-out sums per target (``probekit.probes.scoring.HeldOut``)."""
+    return scoring.block_held_out(read(src, layer, s0, s1), mask, y, fold, coef, intercept, x_shift, cols,
+                                  fold_mean)

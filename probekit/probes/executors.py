@@ -1,0 +1,69 @@
+"""Where block jobs run: in this process (:class:`SerialExecutor`) or on a dask.distributed
+cluster (:class:`DaskExecutor`, made by :func:`dask_executor`). Both map a function over jobs
+and sum results as they come, so probing gives the same numbers on either."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from probekit.errors import UsageError
+
+
+class SerialExecutor:
+    """Runs block jobs in this process."""
+
+    def map(self, fn: Callable, jobs: list[tuple]) -> list:
+        return [fn(*job) for job in jobs]
+
+    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable):
+        """``reduce`` the results as they come: one block's result is held at a time."""
+        total = None
+        for job in jobs:
+            part = fn(*job)
+            total = part if total is None else reduce(total, part)
+        return total
+
+
+class DaskExecutor:
+    """Runs block jobs on a dask.distributed cluster; each worker reads its own chunks."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def map(self, fn: Callable, jobs: list[tuple]) -> list:
+        futures = [self.client.submit(fn, *job, pure=False) for job in jobs]
+        return self.client.gather(futures)
+
+    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable):
+        """Results are fetched and reduced as they complete (any order: the reduction is a sum)."""
+        from dask.distributed import as_completed
+
+        total = None
+        for future in as_completed([self.client.submit(fn, *job, pure=False) for job in jobs]):
+            part = future.result()
+            future.release()
+            total = part if total is None else reduce(total, part)
+        return total
+
+
+def dask_executor(scheduler: str | None = None, workers: int = 2):
+    """A context manager yielding a :class:`DaskExecutor` on ``scheduler`` (an address), or on a
+    new local cluster of ``workers`` single-threaded processes."""
+    import contextlib
+
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("the dask path needs dask.distributed: pip install 'probekit-lab[dask]'") from None
+
+    @contextlib.contextmanager
+    def _ctx():
+        if scheduler:
+            with Client(scheduler) as client:
+                yield DaskExecutor(client)
+        else:
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                yield DaskExecutor(client)
+
+    return _ctx()

@@ -1,0 +1,102 @@
+"""Tables, JSON and figures of ``probekit compare`` (:func:`probekit.lenses.compare.run_compare`'s Dataset)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from probekit.lenses.compare import METRICS
+from probekit.report.figures import pyplot, save_figure
+
+
+def compare_json(results) -> str:
+    """The results as JSON: one record per hypothesis (and the OOD curve)."""
+    out = {"attrs": {k: (json.loads(v) if k in ("fitted", "settings", "task_params") else v)
+                     for k, v in results.attrs.items()}, "hypotheses": []}
+    for h in results.hypothesis.values:
+        r = results.sel(hypothesis=h)
+        rec = {"hypothesis": str(h)}
+        for metric in (*METRICS, "logit_r2"):
+            if metric in results:
+                rec[metric] = [float(r[metric]), float(r[metric + "_lo"]), float(r[metric + "_hi"])]
+        if "scale" in results.coords:
+            rec["ood"] = {metric: {f"{float(s):g}": float(r["ood_" + metric].sel(scale=s)) for s in results.scale.values}
+                          for metric in ("loss_model", "loss_alg", "model_cos")}
+        out["hypotheses"].append(rec)
+    return json.dumps(out, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+def compare_table(results):
+    """A rich Table: one row per hypothesis with each metric's mean and 95 % CI."""
+    from rich import box
+    from rich.table import Table
+
+    n = json.loads(results.attrs["settings"])["n_samples"]
+    if results.attrs.get("output_kind") == "tokens":
+        return _token_table(results, n)
+    table = Table(title=f"{results.attrs['model_spec']} vs algorithm · {n:,} held-out {results.attrs['task']} tasks",
+                  caption=f"mean ± half its 95% CI over tasks · loss: ½ squared error (predicting 0: "
+                          f"{float(results.loss_zero.values[0]):.4f}) · cos, L2: sensitivities ∂ŷ/∂x",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), show_lines=True)
+    for col in ("algorithm", "loss model", "loss alg", "|ŷ model − ŷ alg|", "model cos", "sens. L2"):
+        table.add_column(col, justify="left" if col == "algorithm" else "right", no_wrap=True)
+    for h in results.hypothesis.values:
+        r = results.sel(hypothesis=h)
+
+        def cell(metric: str, digits: int = 4) -> str:
+            m, lo, hi = (float(r[metric + s]) for s in ("", "_lo", "_hi"))
+            return f"{m:.{digits}f}\n[dim]±{(hi - lo) / 2:.{digits}f}[/dim]"
+
+        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), cell("pred_diff"), cell("model_cos"),
+                      cell("model_l2"))
+    return table
+
+
+def _token_table(results, n: int):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{results.attrs['model_spec']} vs algorithm · {n:,} held-out {results.attrs['task']} sequences",
+                  caption=f"mean ± half its 95% CI · loss: next-token cross-entropy in nats (uniform: "
+                          f"{float(results.loss_zero.values[0]):.4f}) · TV: total-variation distance of the "
+                          f"predictive distributions · log-odds R²: model vs algorithm, bootstrap CI over sequences",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), show_lines=True)
+    for col in ("algorithm", "loss model", "loss alg", "TV distance", "log-odds R²"):
+        table.add_column(col, justify="left" if col == "algorithm" else "right", no_wrap=True)
+    for h in results.hypothesis.values:
+        r = results.sel(hypothesis=h)
+        cell = lambda m: f"{float(r[m]):.4f}\n[dim]±{(float(r[m + '_hi']) - float(r[m + '_lo'])) / 2:.4f}[/dim]"  # noqa: E731
+        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), cell("pred_diff"), cell("logit_r2"))
+    return table
+
+
+def plot_compare(results, path):
+    """PNG: loss of model and algorithms against the out-of-distribution scale (left) and the
+    sensitivity cosine (right), with 95 % bands; the training distribution is at scale 1."""
+    fig, (ax_l, ax_c) = pyplot().subplots(1, 2, figsize=(10, 4))
+    if "scale" not in results.coords:
+        ax_l.bar(["model", *map(str, results.hypothesis.values)],
+                 [float(results.loss_model.values[0]), *results.loss_alg.values])
+        right = "logit_r2" if "logit_r2" in results else "model_cos"
+        ax_c.bar(list(map(str, results.hypothesis.values)), results[right].values)
+    else:
+        s = results.scale.values
+        first = results.isel(hypothesis=0)
+        ax_l.plot(s, first.ood_loss_model, "k-o", label="model")
+        for h in results.hypothesis.values:
+            r = results.sel(hypothesis=h)
+            line, = ax_l.plot(s, r.ood_loss_alg, "--s", label=str(h))
+            ax_c.plot(s, r.ood_model_cos, "-o", color=line.get_color(), label=str(h))
+            ax_c.fill_between(s, r.ood_model_cos_lo, r.ood_model_cos_hi, color=line.get_color(), alpha=0.2)
+        ax_l.set_yscale("log")
+        ax_l.legend()
+        ax_c.legend()
+        for ax in (ax_l, ax_c):
+            ax.set_xlabel(f"{results.attrs['ood_param']} × scale")
+            ax.axvline(1.0, color="0.7", lw=0.8)
+    tokens = results.attrs.get("output_kind") == "tokens"
+    ax_l.set_ylabel("cross-entropy (nats)" if tokens else "½ squared error")
+    ax_c.set_ylabel("log-odds R² (model vs algorithm)" if tokens else "model cos (sensitivities)")
+    fig.suptitle(f"{results.attrs['model_spec']} · {results.attrs['task']}", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
