@@ -159,6 +159,7 @@ def _any_block_done(store: Store) -> bool:
 def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress, on_start) -> Store:
     """Create (``fresh``, or when absent) or resume the store at ``req.out`` and fill it."""
     from probekit.models.adapters import load_adapter
+    from probekit.models.capabilities import has
 
     store = Store(req.out)
     resuming = store.exists() and not fresh
@@ -186,7 +187,7 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
         fill(adapter, None)
     if req.random_init:
         rand = load_adapter(host, req.model, random_init=True, device=req.device, dtype=req.model_dtype)
-        if hasattr(rand, "prepare"):
+        if has(rand, "prepare"):
             rand.prepare(inputs[:1])
         if not store.has_group(schema.RANDOM_INIT_GROUP):
             _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])

@@ -44,7 +44,9 @@ def answer_log_probs(adapter, texts: list[str], answers: list[str], batch_size: 
     from probekit.lenses.interventions.patching import answer_logprobs
     from probekit.lenses.interventions.pairs import encode_prompt
 
-    if not hasattr(adapter, "tokenizer"):
+    from probekit.models.capabilities import has
+
+    if not has(adapter, "tokenizer"):
         raise UsageError(f"in-context curves need a model with a tokenizer (hf:); {adapter.spec} has none")
     encoded = [encode_prompt(adapter.tokenizer, t, a) for t, a in zip(texts, answers)]
     return answer_logprobs(adapter, [p for p, _ in encoded], [a for _, a in encoded], batch_size=batch_size)

@@ -53,8 +53,11 @@ class TextTask(Task):
 
     @classmethod
     def from_file(cls, path: str, max_len: int | None, adapter) -> "TextTask":
-        if not hasattr(adapter, "tokenize"):
-            raise UsageError(f"--text needs a model with a tokenizer (e.g. hf:<path>); {adapter.spec} has none")
+        from probekit.models.capabilities import has
+
+        if not has(adapter, "tokenizer"):
+            raise UsageError(f"--text needs a model with a tokenizer (e.g. hf:<path>); {adapter.spec} has none: "
+                             "cache a task instead (--task NAME)")
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else ""
         task = cls(file=str(path), sha256=digest, max_len=int(max_len or 0))
         task.prompts = read_prompts(path)

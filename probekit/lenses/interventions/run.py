@@ -88,7 +88,9 @@ def run_patch(host, model: str, records: list[dict], settings: PatchSettings, *,
 
 def _token_strings(adapter, ids: np.ndarray) -> np.ndarray:
     out = np.full(ids.shape, "", dtype=object)
-    decode = getattr(adapter, "decode_tokens", None)
+    from probekit.models.capabilities import has
+
+    decode = adapter.decode_tokens if has(adapter, "tokenizer") else None  # tokenizer adapters decode
     for i, row in enumerate(ids):
         have = row >= 0
         if have.any():
