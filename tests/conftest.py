@@ -49,6 +49,17 @@ def tiny_checkpoint(tmp_path_factory, host):
 
 
 @pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    """The tiny GPT-2 and Llama of ``support/hf_models.py``, built and saved once per session:
+    kind -> (saved directory, the model object that was saved). Tests read them, never write."""
+    pytest.importorskip("transformers")
+    from support.hf_models import build
+
+    root = tmp_path_factory.mktemp("hf")
+    return {kind: (root / kind, build(kind, root / kind)) for kind in ("gpt2", "llama")}
+
+
+@pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, host, tiny_checkpoint):
     from probekit.cache.run import CacheRequest, run_cache
 

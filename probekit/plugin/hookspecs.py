@@ -6,7 +6,7 @@ manager from :func:`probekit.plugin.host.get_plugin_manager`). Hooks register by
 callback: the host passes a ``register(name, obj)`` function, so it can reject a
 name registered twice and say which two plugins clashed.
 
-Every hook below is documented; ``tests/test_hookspecs.py`` fails if one is not.
+Every hook below is documented; ``tests/plugin/test_hookspecs.py`` fails if one is not.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tiny GPT-2 and Llama models with a locally trained byte-level BPE tokenizer (no network).
 
-The same recipe as ``tests/test_hf.py``: ``build(kind, out)`` saves the model (safetensors) and its
+The same recipe as ``tests/models/test_hf.py``: ``build(kind, out)`` saves the model (safetensors) and its
 tokenizer with ``save_pretrained`` so ``hf:<out>`` loads them like a user's model directory.
 """
 

@@ -9,7 +9,6 @@ import pytest
 from probekit.cache.run import CacheRequest, run_cache
 from probekit.errors import CheckpointError, UnknownNameError, UsageError
 
-sys.path.insert(0, str(Path(__file__).parent))  # makes `support.custom_models` importable
 
 SPEC = "torch:support.custom_models:make_model?resid=blocks.*&mlp_out=blocks.*.mlp&emb=embed"
 

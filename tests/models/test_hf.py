@@ -23,19 +23,11 @@ from probekit.errors import CheckpointError, UnknownNameError  # noqa: E402
 from probekit.models.toy.checkpoint import weights_hash  # noqa: E402
 from probekit.plugin.host import PluginHost  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
 from support.hf_models import build, tokenizer  # noqa: E402  (the tiny GPT-2 / Llama recipe, shared)
 
 TEXTS = ["the cat sat on the mat", "a dog ran", "the quick brown fox jumps over the lazy dog", "hello"]
 CORPUS = TEXTS + ["the dog sat on the cat", "a quick fox ran over the mat", "hello world, hello cat"]
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="session")
-def hf_models(tmp_path_factory):
-    """kind -> (saved directory, the model object that was saved)."""
-    root = tmp_path_factory.mktemp("hf")
-    return {kind: (root / kind, build(kind, root / kind)) for kind in ("gpt2", "llama")}
 
 
 @pytest.fixture(scope="session")

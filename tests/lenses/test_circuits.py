@@ -19,7 +19,6 @@ from probekit.errors import UsageError
 from probekit.models.hooks import parse_heads
 from probekit.plugin.host import PluginHost
 
-sys.path.insert(0, str(Path(__file__).parent))
 from support import induction_models  # noqa: E402
 
 HOST = PluginHost.default()
@@ -392,12 +391,8 @@ def test_heads_on_a_tlens_model_do_not_depend_on_its_weight_processing(tiny_tlen
     assert ab_raw["icl_ablated"] != pytest.approx(ab_raw["icl_clean"], abs=1e-6)  # the hook took effect
 
 
-def test_heads_on_a_tiny_hf_llama_give_pattern_scores_and_ablation_but_no_weight_scores(tmp_path):
-    pytest.importorskip("transformers")
-    from support import hf_models
-
-    hf_models.build("llama", tmp_path / "llama")
-    ds = dynamics.run_heads(HOST, f"hf:{tmp_path / 'llama'}",
+def test_heads_on_a_tiny_hf_llama_give_pattern_scores_and_ablation_but_no_weight_scores(hf_models):
+    ds = dynamics.run_heads(HOST, f"hf:{hf_models['llama'][0]}",
                             dynamics.HeadsSettings(n_samples=4, icl_samples=8, segment=10, ablate="1.0,1.1"))
     assert np.isfinite(ds.induction.values).all() and np.isnan(ds.ov_copying.values).all()
     assert "implemented for toy, GPT-2 and TransformerLens" in ds.attrs["weights"]

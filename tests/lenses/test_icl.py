@@ -17,14 +17,12 @@ from probekit.cli import run  # noqa: E402
 from probekit.lenses.icl import ICLSettings, answer_log_probs, icl_curve, line_fit  # noqa: E402
 from probekit.plugin.host import PluginHost  # noqa: E402
 from probekit_bayes.tasks import AffinePromptsTask  # noqa: E402
-sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
 from support.hf_models import build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("icl")
-    return {kind: (root / kind, build(kind, root / kind)) for kind in ("gpt2", "llama")}
+def tiny(hf_models):
+    return hf_models
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

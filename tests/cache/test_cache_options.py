@@ -20,16 +20,11 @@ def _req(ckpt, out, **kw):
 
 
 @pytest.fixture(scope="module")
-def gpt2(tmp_path_factory):
+def gpt2(tmp_path_factory, hf_models):
     """A tiny GPT-2 (vocabulary 300) and a prompt file whose prompts pad to different lengths."""
-    pytest.importorskip("transformers")
-    from support.hf_models import build as _build
-
-    root = tmp_path_factory.mktemp("gpt2")
-    _build("gpt2", root / "model")
-    prompts = root / "prompts.txt"
+    prompts = tmp_path_factory.mktemp("gpt2") / "prompts.txt"
     prompts.write_text("\n".join(["the cat sat on the mat", "a dog ran", "hello", "the quick brown fox jumps"] * 3))
-    return root / "model", prompts
+    return hf_models["gpt2"][0], prompts
 
 
 # -- (a) tokens per second ----------------------------------------------------------

@@ -281,7 +281,6 @@ def test_random_init_is_seeded_and_processed_alike(tiny):
 
 
 def test_a_model_with_a_tokenizer_caches_text(tmp_path, capsys):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from support.hf_models import tokenizer
     from transformers import AutoTokenizer
 

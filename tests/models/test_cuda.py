@@ -1,5 +1,5 @@
 """The CUDA paths give the CPU paths' answers (skipped without a GPU; run on one with
-``pytest tests/test_cuda.py``). Statistics are float64 on both devices, so the ridge
+``pytest tests/models/test_cuda.py``). Statistics are float64 on both devices, so the ridge
 engine agrees to 1e-6; logistic probes and cached activations are float32 model
 arithmetic and agree to a looser, stated tolerance."""
 

@@ -83,21 +83,17 @@ def test_toy_adapter_conforms(tiny_checkpoint):
 
 
 def test_torch_adapter_conforms():
-    sys.path.insert(0, str(Path(__file__).parent))  # makes `support.custom_models` importable
     inputs = HOST.tasks.get("lds")(dim=5, length=6).generate(3, 7)["x"].values  # the module reads 5 features
     testing.check_model_adapter(HOST.models.get("torch"), "support.custom_models:make_model?resid=blocks.*"
                                 "&mlp_out=blocks.*.mlp", inputs=inputs, bad_rest="no_such_module:f?resid=x")
 
 
-def test_hf_adapter_conforms(tmp_path):
-    pytest.importorskip("transformers")
-    from support.hf_models import build as _build  # the tiny GPT-2 (and its tokenizer), saved here
-
-    _build("gpt2", tmp_path / "gpt2")
-    adapter = HOST.models.get("hf").load(str(tmp_path / "gpt2"))
+def test_hf_adapter_conforms(hf_models, tmp_path):
+    gpt2 = hf_models["gpt2"][0]  # the tiny GPT-2 (and its tokenizer)
+    adapter = HOST.models.get("hf").load(str(gpt2))
     ids, valid = adapter.tokenize(["the cat sat on the mat", "a dog ran"])
     assert not valid.all()
-    testing.check_model_adapter(HOST.models.get("hf"), str(tmp_path / "gpt2"), inputs=ids, valid=valid,
+    testing.check_model_adapter(HOST.models.get("hf"), str(gpt2), inputs=ids, valid=valid,
                                 bad_rest=str(tmp_path / "missing"))
 
 

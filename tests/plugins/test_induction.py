@@ -14,7 +14,6 @@ import pytest
 from probekit.errors import UsageError
 from probekit.plugin.host import PluginHost
 
-sys.path.insert(0, str(Path(__file__).parent))
 from support import induction_models  # noqa: E402
 
 pytest.importorskip("probekit_induction")
@@ -136,7 +135,7 @@ def test_reproduction_meets_the_acceptance_criteria(tmp_path):
     import os
     import subprocess
 
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     out = tmp_path / "induction"
     env = dict(os.environ, PROBEKIT=f"{sys.executable} -m probekit", PYTHON=sys.executable)
     res = subprocess.run(["bash", str(root / "scripts" / "reproduce_induction.sh"), str(out)], cwd=root, env=env,

@@ -13,7 +13,6 @@ import torch
 from probekit.lenses.interventions.patching import (Ablation, Patch, TokenPair, ablate, answer_logprobs, component_means,
                                     hooked_model, parse_blocks, parse_heads, patch_residual, run_hooked)
 
-sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
 
 VOCAB = 20
 KINDS = ["toy", "gpt2", "llama"]
@@ -33,14 +32,8 @@ def toy_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from support import hf_models
-
-    root = tmp_path_factory.mktemp("hf")
-    for kind in ("gpt2", "llama"):
-        hf_models.build(kind, root / kind)
-    return {kind: root / kind for kind in ("gpt2", "llama")}
+def hf_dirs(hf_models):
+    return {kind: path for kind, (path, _) in hf_models.items()}
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,12 @@ import pytest
 from probekit.cli import run
 from probekit.store.zarr_store import Store
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # makes `support.*` importable
-from bad_inputs.conftest import snapshot  # noqa: E402
+from support.battery import snapshot  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from support.hf_models import build
-
-    path = tmp_path_factory.mktemp("hf") / "gpt2"
-    build("gpt2", path)
-    return path
+def tiny_hf(hf_models):
+    return hf_models["gpt2"][0]
 
 
 ICL = ["icl", "-p", "max_examples=1", "--count", "2", "--batch-size", "2"]

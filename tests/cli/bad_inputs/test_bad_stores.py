@@ -21,8 +21,7 @@ from probekit.errors import StoreError
 from probekit.store.integrity import verify_store
 from probekit.store.zarr_store import Store
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from bad_inputs.conftest import snapshot  # noqa: E402
+from support.battery import snapshot  # noqa: E402
 
 STORE = "store.zarr"
 PROBE = ("probe", STORE, "-H", "rls", "--n-boot", "0", "--json")  # --json: no progress bar on stderr

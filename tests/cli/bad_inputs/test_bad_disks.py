@@ -14,7 +14,7 @@ import pytest
 from probekit.cli import run
 from probekit.store.zarr_store import Store
 
-from .conftest import assert_clean_failure, snapshot
+from support.battery import assert_clean_failure, snapshot
 
 
 def _mount(path: Path, options: str) -> bool:

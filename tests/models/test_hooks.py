@@ -13,7 +13,6 @@ from probekit.errors import UsageError
 from probekit.models.capabilities import capabilities, require
 from probekit.models.hooks import Ablation, Hook, ablation_hooks, parse_heads, run_with_hooks
 
-sys.path.insert(0, str(Path(__file__).parent))  # makes `support.*` importable
 
 
 def test_run_with_hooks_captures_rewrites_and_always_removes_its_handles():
@@ -74,14 +73,10 @@ def test_toy_adapters_declare_what_their_config_allows(tiny_checkpoint):
         require(continuous, "tokens", "probekit heads")
 
 
-def test_hf_adapters_declare_heads_weights_and_patching_by_architecture(tmp_path):
-    pytest.importorskip("transformers")
+def test_hf_adapters_declare_heads_weights_and_patching_by_architecture(hf_models):
     from probekit.models.hf import HFAdapter
-    from support import hf_models
 
-    for kind in ("gpt2", "llama"):
-        hf_models.build(kind, tmp_path / kind)
-    gpt2, llama = HFAdapter.load(str(tmp_path / "gpt2")), HFAdapter.load(str(tmp_path / "llama"))
+    gpt2, llama = (HFAdapter.load(str(hf_models[kind][0])) for kind in ("gpt2", "llama"))
     base = {"tokens", "tokenizer", "padding"}
     assert capabilities(HFAdapter) == base
     assert capabilities(gpt2) == base | {"heads", "weights", "patching"}
