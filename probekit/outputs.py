@@ -76,11 +76,18 @@ def describe(path: Path) -> str | None:
     return "an empty folder" if entries == 0 else f"a folder of {entries} entr{'y' if entries == 1 else 'ies'}"
 
 
-def check_output(path, kind: str, *, replace: bool = False, option: str = "--out") -> Path:
+def check_output(path, kind: str, *, replace: bool = False, option: str = "--out",
+                 storage_options: dict | None = None) -> Path:
     """Refuse ``path`` as the output of a command that makes ``kind``, unless it is absent, an
     empty folder, or already ``kind`` (then ``replace`` must be true, except for figures and
     curves, which a rerun replaces). Also refused: a path inside a zarr store, or under a file.
-    Returns the path."""
+    Returns the path (an object-store URL, with ``storage_options``: :mod:`probekit.remote_outputs`,
+    and returned as given)."""
+    remote = _remote(path, storage_options)
+    if remote is not None:
+        from probekit import remote_outputs
+
+        return remote_outputs.check_output(remote, kind, replace=replace, option=option)
     path = Path(path)
     owner = enclosing_store(path.parent)
     if owner is not None:
@@ -107,10 +114,17 @@ def check_output(path, kind: str, *, replace: bool = False, option: str = "--out
     raise OutputError(f"{option} {path} holds {there}, not {kind}; refusing to overwrite it: choose another path")
 
 
-def check_writable(path, option: str = "--out") -> None:
+def check_writable(path, option: str = "--out", storage_options: dict | None = None) -> None:
     """Refuse, before any work, a path whose nearest existing folder cannot be written (a
-    read-only disk, no permission): one file is created there and removed."""
+    read-only disk, no permission): one file is created there and removed (at a URL: one
+    object is put beside it and deleted)."""
     import tempfile
+
+    remote = _remote(path, storage_options)
+    if remote is not None:
+        from probekit import remote_outputs
+
+        return remote_outputs.check_writable(remote, option)
 
     path = Path(path)
     where = next((p for p in (path, *path.parents) if p.is_dir()), Path("."))
@@ -137,7 +151,16 @@ def replacing(path) -> Iterator[Path]:
     Yields a hidden sibling ``.<name>.probekit-new-<pid>`` to write into. On success the old
     ``path`` (if any) is moved aside, the new one renamed into place, and the old removed; on
     any failure (an interrupt included) only the sibling is removed and ``path`` is untouched.
-    Siblings left by killed runs of earlier processes are cleared first."""
+    Siblings left by killed runs of earlier processes are cleared first. At a URL (a remote
+    :class:`~probekit.store.location.Location`) the sibling is a prefix and the swap a copy
+    (:func:`probekit.remote_outputs.replacing`)."""
+    remote = _remote(path)
+    if remote is not None:
+        from probekit import remote_outputs
+
+        with remote_outputs.replacing(remote) as stage:
+            yield stage
+        return
     path = Path(path)
     clear_leftovers(path)
     stage = path.with_name(f".{path.name}{_STAGE}{os.getpid()}")
@@ -169,7 +192,13 @@ def swap_in(stage: Path, path: Path) -> None:
 def clear_leftovers(path: Path) -> None:
     """Remove the hidden siblings of ``path`` that killed processes left: half-built outputs
     (``-new-``) and, when ``path`` itself is present, replaced ones (``-old-``). An ``-old-``
-    sibling without ``path`` means a swap died between its two renames: it is put back."""
+    sibling without ``path`` means a swap died between its two renames: it is put back.
+    (At a URL: :func:`probekit.remote_outputs.clear_leftovers`.)"""
+    remote = _remote(path)
+    if remote is not None:
+        from probekit import remote_outputs
+
+        return remote_outputs.clear_leftovers(remote)
     path = Path(path)
     if not path.parent.is_dir():
         return
@@ -189,7 +218,15 @@ def made_here(path, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
     """If the block fails, remove what it made at ``path`` (and the folders made for it),
     unless ``keep()`` says it is worth keeping (e.g. a cache with finished blocks, to resume).
     A failed command leaves nothing half-made: an absent ``path`` is absent again, an empty
-    folder is empty again, and anything else that was there is left alone."""
+    folder is empty again, and anything else that was there is left alone. (At a URL: an
+    absent prefix is absent again.)"""
+    remote = _remote(path)
+    if remote is not None:
+        from probekit import remote_outputs
+
+        with remote_outputs.made_here(remote, keep):
+            yield
+        return
     path = Path(path)
     absent = not path.exists()
     empty = path.is_dir() and not any(path.iterdir())
@@ -218,6 +255,16 @@ def write_text(path, text: str) -> Path:
     with replacing(path) as stage:
         stage.write_text(text)
     return path
+
+
+def _remote(path, storage_options: dict | None = None):
+    """The remote :class:`~probekit.store.location.Location` of ``path`` (a URL, or a Location
+    that is remote), else None (a local path: the rules above)."""
+    from probekit.store.location import Location, is_url
+
+    if isinstance(path, Location):
+        return path if path.remote else None
+    return Location(path, storage_options) if is_url(path) else None
 
 
 def _remove(path: Path) -> None:

@@ -29,6 +29,32 @@ def request_block(req: CacheRequest, adapter, T: int) -> int:
     return block
 
 
+TARGET_SHARD_BYTES = 256 * 2**20  # one shard of one site (all its layers): thousands of objects per 100M tokens
+AUTO_SHARD_BYTES = 8 * 2**30  # ``--shard auto`` shards a store whose estimate is at least this
+
+
+def request_shard(req: CacheRequest, adapter, T: int, block: int) -> int | None:
+    """Samples per shard (a multiple of ``block``), or None for one file per chunk. ``auto``
+    shards stores of at least AUTO_SHARD_BYTES, into shards of about TARGET_SHARD_BYTES per site."""
+    from probekit.models.adapters import adapter_site_layout
+
+    if req.shard is None:
+        return None
+    if req.shard == "auto":
+        if estimate_bytes(req, adapter, T) < AUTO_SHARD_BYTES:
+            return None
+        per_sample = max(int(np.prod(adapter_site_layout(adapter, s, T)[1])) for s in req.sites)
+        samples = TARGET_SHARD_BYTES // max(1, per_sample * np.dtype(req.dtype).itemsize)
+    elif isinstance(req.shard, int) or str(req.shard).isdigit():
+        samples = int(req.shard)
+    else:
+        raise UsageError(f"--shard {req.shard!r}: give samples per shard (a positive integer) or auto")
+    if samples < 1:
+        raise UsageError(f"--shard must be >= 1 samples, got {samples}")
+    blocks = -(-min(samples, req.n_samples) // block)  # whole blocks, at most the samples there are
+    return max(1, blocks) * block
+
+
 def check_layouts(adapter, sites, seq_len: int) -> None:
     """Sites sharing a dimension (``layer`` or ``block``) must agree on its length in one Dataset."""
     from probekit.models.adapters import adapter_site_layout
@@ -71,7 +97,7 @@ def make_plan(req: CacheRequest, adapter, seq_len: int, path: Path, resuming: bo
     """What ``on_start`` is told: estimated and free bytes, bytes per sample, whether resuming, and
     the ``written`` counters the block writer updates. Refuses a new store the disk cannot hold."""
     needed = estimate_bytes(req, adapter, seq_len)
-    free = check_disk(path, 0 if resuming else needed)
+    free = check_disk(path, 0 if resuming else needed) if path is not None else None  # None: an object store
     return {"estimated_bytes": needed, "free_bytes": free, "resuming": resuming,
             "bytes_per_sample": needed // (req.n_samples * req.copies),
             "written": {"samples": 0, "tokens": 0, "bytes": 0}}

@@ -33,10 +33,14 @@ class CacheRequest:
     checkpoints: str | None = None  # a directory of toy checkpoints or a glob: cache through each of them
     checkpoint_paths: tuple[str, ...] = ()  # what ``checkpoints`` resolved to (set by run_cache)
     logits: str = "keep"  # the model output: keep, skip or topk:K
+    inflight: int = 2  # blocks (shards) computed ahead of the writes: memory is about inflight + 1 of them
+    shard: int | str | None = None  # samples per shard (zarr sharding codec), "auto", or None: a file per chunk
+    # fsspec options of an object-store --out (endpoint, credentials): never stored, never compared
+    storage_options: dict | None = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict:
-        """The fields that must match for a resume. Not batch size, device or block (a resumed
-        store keeps the block size it was created with), nor random_init: the random-init
+        """The fields that must match for a resume. Not batch size, device, block, shard or inflight
+        (a resumed store keeps the block and shard sizes it was created with), nor random_init: the random-init
         group can be added to a finished store later. Checkpoints (the resolved list, not
         the glob that found them) and a non-default ``logits`` are added only when used, so
         plain stores record what they always did."""

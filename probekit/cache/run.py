@@ -48,16 +48,17 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     """
     from probekit import outputs
 
-    outputs.check_output(req.out, outputs.STORE, replace=True)
+    outputs.check_output(req.out, outputs.STORE, replace=True, storage_options=req.storage_options)
     req, task, adapter, refs = _prepare(host, req)
-    store = Store(req.out)
-    replace = overwrite and store.path.exists()
-    with outputs.made_here(store.path, keep=lambda: _any_block_done(store)), store.lock():
-        outputs.clear_leftovers(store.path)  # what killed runs left beside the store
+    store = Store(req.out, req.storage_options)
+    where = store.location if store.remote else store.path  # what outputs' rules take
+    replace = overwrite and store.location.exists()
+    with outputs.made_here(where, keep=lambda: _any_block_done(store)), store.lock():
+        outputs.clear_leftovers(where)  # what killed runs left beside the store
         if replace:
-            with outputs.replacing(store.path) as stage:
+            with outputs.replacing(where) as stage:
                 _run(host, dataclasses.replace(req, out=str(stage)), task, adapter, refs, True, on_progress, on_start)
-            return Store(store.path)
+            return Store(store.path, req.storage_options)
         try:
             return _run(host, req, task, adapter, refs, False, on_progress, on_start)
         except Exception as exc:
@@ -77,7 +78,8 @@ def _prepare(host, req: CacheRequest):
 
     if req.dtype not in schema.STORE_DTYPES:
         raise UsageError(f"unknown dtype {req.dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
-    for name, value in (("--n-samples", req.n_samples), ("--batch-size", req.batch_size), ("--block", req.block)):
+    for name, value in (("--n-samples", req.n_samples), ("--batch-size", req.batch_size), ("--block", req.block),
+                        ("--inflight", req.inflight)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be >= 1, got {value}")
     if req.max_len is not None and req.max_len < 1:
@@ -115,6 +117,7 @@ def _prepare(host, req: CacheRequest):
             raise UnknownNameError("site", site, adapter.sites)
     parse_logits(req.logits, adapter.d_out)
     plan.check_layouts(adapter, req.sites, task.io.seq_len)
+    plan.request_shard(req, adapter, task.io.seq_len, plan.request_block(req, adapter, task.io.seq_len))
     _preflight(req, task, adapter, sample)
     return req, task, adapter, refs
 
@@ -161,15 +164,15 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
     from probekit.models.adapters import load_adapter
     from probekit.models.capabilities import has
 
-    store = Store(req.out)
+    store = Store(req.out, req.storage_options)
     resuming = store.exists() and not fresh
-    work = plan.make_plan(req, adapter, task.io.seq_len, store.path, resuming)
+    work = plan.make_plan(req, adapter, task.io.seq_len, None if store.remote else store.path, resuming)
     if on_start:
         on_start(work)
-    for leftover in store.path.rglob("*.partial") if store.path.exists() else []:
+    for leftover in store.path.rglob("*.partial") if not store.remote and store.path.exists() else []:
         leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
     if resuming:
-        old = Store.open(req.out).attrs().get("request", {})
+        old = Store.open(store).attrs().get("request", {})
         diff = describe_difference(old, req.identity())
         if diff:
             raise StoreError(f"{req.out} holds a different cache ({diff}); use --overwrite or another --out")
@@ -177,7 +180,7 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
             return store
     else:
         _create(store, req, task, adapter, refs and _checkpoint_coords(host, refs))
-    base = Store.open(req.out).dataset()
+    base = Store.open(store).dataset()
     inputs = np.asarray(base[task.io.input_var].values)
     valid = np.asarray(base["valid"].values) if "valid" in base else None
     fill = writer.BlockWriter(store, req, inputs, valid, on_progress, work["written"])
@@ -272,23 +275,24 @@ def _create(store: Store, req: CacheRequest, task, adapter, ckpt_coords: dict | 
         attrs.update({schema.N_CHECKPOINTS_ATTR: len(req.checkpoint_paths), "checkpoint_source": req.checkpoints})
     base = ds.assign_coords(coords)
     base.attrs = attrs
-    Store.create(store.path, base)
+    Store.create(store, base)
     _create_arrays(store, req, adapter, T, None)
 
 
 def _group_attrs(req: CacheRequest, adapter, T: int) -> dict:
+    block = plan.request_block(req, adapter, T)
+    shard = plan.request_shard(req, adapter, T, block)
     return adapter.provenance() | {
         "sites": list(req.sites),
         "dtype": req.dtype,
-        schema.BLOCK_ATTR: plan.request_block(req, adapter, T),
-        schema.MANIFEST_ATTR: [],
-    }
+        schema.BLOCK_ATTR: block,
+    } | ({schema.SHARD_ATTR: shard} if shard else {})
 
 
 def _create_group(store: Store, req: CacheRequest, adapter, group: str, T: int) -> None:
     import zarr
 
-    zarr.open_group(store.path, path=group, mode="a").attrs.update(
+    zarr.open_group(store.target, path=group, mode="a").attrs.update(
         _group_attrs(req, adapter, T) | {"n_samples": req.n_samples}
     )
     _create_arrays(store, req, adapter, T, group)
@@ -296,7 +300,7 @@ def _create_group(store: Store, req: CacheRequest, adapter, group: str, T: int) 
 
 def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str | None) -> None:
     """Pre-size every site and output variable; a checkpoint store puts ``checkpoint`` first."""
-    block = store.attrs(group)[schema.BLOCK_ATTR]
+    block, shard = store.attrs(group)[schema.BLOCK_ATTR], store.attrs(group).get(schema.SHARD_ATTR)
     from probekit.models.adapters import adapter_site_layout
 
     n_ckpt = len(req.checkpoint_paths) if group is None else 0
@@ -304,10 +308,11 @@ def _create_arrays(store: Store, req: CacheRequest, adapter, T: int, group: str 
     for site in req.sites:
         dims, shape = adapter_site_layout(adapter, site, T)
         store.create_activation(site, (*lead, req.n_samples, *shape), dims=(*lead_dims, *dims), dtype=req.dtype,
-                                block=block, group=group, attrs={"site": site})
+                                block=block, shard=shard, group=group, attrs={"site": site})
     for name, shape, dims, dtype in output_layout(req, adapter.d_out, T):
         store.create_variable(name, (*lead, req.n_samples, *shape), (*lead_dims, schema.SAMPLE, *dims), dtype=dtype,
                               chunks=(*(1 for _ in lead), block, *shape), group=group,
+                              shards=shard and (*(1 for _ in lead), shard, *shape),
                               attrs={"description": OUTPUT_DESCRIPTIONS[name]})
 
 

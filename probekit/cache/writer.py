@@ -53,37 +53,60 @@ def model_outputs(req: CacheRequest, out: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class BlockWriter:
-    """Computes each missing block of a group (or of one checkpoint) and writes it. One writer
-    thread writes block b (then marks it done) while block b+1 is computed; at most one block
-    waits, so memory stays bounded."""
+    """Computes each missing block of a group (or of one checkpoint) and writes it. A pool of
+    ``req.inflight`` writer threads writes (each write spreads its chunks over zarr's concurrent
+    async writes) and marks finished blocks done, while the next block is computed; at most
+    ``inflight`` blocks wait or are being written, so memory stays bounded at about
+    ``inflight + 1`` blocks. In a sharded store the unit of work is one shard (its blocks are
+    written together, so a shard object is written once, whole)."""
 
     def __init__(self, store: Store, req: CacheRequest, inputs: np.ndarray, valid: np.ndarray | None,
                  on_progress, written: dict):
+        import threading
+
         self.store, self.req, self.inputs, self.valid = store, req, inputs, valid
         self.on_progress, self.written = on_progress, written
+        self.lock = threading.Lock()
+        self.peak_inflight = 0  # the most blocks computed but not yet written (checked by the tests)
 
     def __call__(self, adapter, group: str | None, unit: tuple[int, int, str] | None = None) -> None:
         """``unit = (checkpoint index, number of checkpoints, phase)`` writes one checkpoint's slice."""
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        store, req, n = self.store, self.req, self.req.n_samples
-        block = store.attrs(group)[schema.BLOCK_ATTR]
+        store, req = self.store, self.req
+        attrs = store.attrs(group)
+        block, step = attrs[schema.BLOCK_ATTR], attrs.get(schema.SHARD_ATTR) or attrs[schema.BLOCK_ATTR]
         ci, n_units, phase = unit or (None, 1, "random-init" if group else "model")
-        done = store.blocks_done(group)
         names = [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, self.inputs.shape[1]))]
         arrays = store.writable(names, group)
-        pending = None
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            for b in range(-(-n // block)):
-                if (b if ci is None else (ci, b)) in done:
-                    continue
-                s0, s1 = b * block, min(n, (b + 1) * block)
-                blocks = self._compute(adapter, s0, s1)
-                if pending is not None:
-                    pending.result()  # surfaces write errors; keeps one block in flight
-                pending = writer.submit(self._write, arrays, group, (ci, n_units, phase), b, s0, s1, blocks)
-            if pending is not None:
-                pending.result()
+        pending: deque = deque()
+        def retire(wait: bool) -> None:  # in order: progress counts up; surfaces write errors
+            while pending and (wait or pending[0].done()):
+                s1 = pending.popleft().result()
+                if self.on_progress:
+                    self.on_progress(phase, (ci or 0) * req.n_samples + s1, req.n_samples * n_units)
+
+        with ThreadPoolExecutor(max_workers=max(1, req.inflight)) as pool:
+            for s0, s1, blocks in self._todo(store.blocks_done(group), ci, block, step):
+                data = self._compute(adapter, s0, s1)
+                retire(False)
+                while len(pending) >= max(1, req.inflight):  # bounds the blocks in flight
+                    pending[0].result()
+                    retire(False)
+                pending.append(pool.submit(self._write, arrays, group, ci, blocks, s0, s1, data))
+                self.peak_inflight = max(self.peak_inflight, len(pending))
+            while pending:
+                retire(True)
+
+    def _todo(self, done: set, ci, block: int, step: int):
+        """``(s0, s1, block indices)`` of each write unit (a block, or a shard) with a block not done."""
+        n = self.req.n_samples
+        for s0 in range(0, n, step):
+            s1 = min(n, s0 + step)
+            blocks = range(s0 // block, -(-s1 // block))
+            if any((b if ci is None else (ci, b)) not in done for b in blocks):
+                yield s0, s1, blocks
 
     def _compute(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray]:
         """Samples ``s0:s1`` through the model in batches, cast and shaped as the store holds them."""
@@ -97,17 +120,17 @@ class BlockWriter:
         blocks.update(model_outputs(req, np.concatenate([p[1] for p in parts])))
         return blocks
 
-    def _write(self, arrays, group, unit, b: int, s0: int, s1: int, blocks: dict) -> None:
-        ci, n_units, phase = unit
-        for name, data in blocks.items():
+    def _write(self, arrays, group, ci, blocks, s0: int, s1: int, data: dict) -> int:
+        for name, values in data.items():
             if ci is None:
-                arrays[name][s0:s1] = data
+                arrays[name][s0:s1] = values
             else:
-                arrays[name][ci, s0:s1] = data
-        self.store.mark_block_done(b if ci is None else (ci, b), group)  # only after every chunk is on disk
-        valid, T, n = self.valid, self.inputs.shape[1], self.req.n_samples
-        self.written["samples"] += s1 - s0
-        self.written["tokens"] += int(valid[s0:s1].sum()) if valid is not None else (s1 - s0) * T
-        self.written["bytes"] += sum(int(d.nbytes) for d in blocks.values())
-        if self.on_progress:
-            self.on_progress(phase, (ci or 0) * n + s1, n * n_units)
+                arrays[name][ci, s0:s1] = values
+        for b in blocks:  # only after every chunk is written
+            self.store.mark_block_done(b if ci is None else (ci, b), group)
+        valid, T = self.valid, self.inputs.shape[1]
+        with self.lock:
+            self.written["samples"] += s1 - s0
+            self.written["tokens"] += int(valid[s0:s1].sum()) if valid is not None else (s1 - s0) * T
+            self.written["bytes"] += sum(int(d.nbytes) for d in data.values())
+        return s1

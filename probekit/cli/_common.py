@@ -20,9 +20,32 @@ def stderr_console():
 
 
 def stdout_console():
+    """Tables on stdout. In a pipe or a file (not a terminal) lines are never wrapped, so a name
+    is never broken mid-word (``COLUMNS`` still sets a width if given)."""
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=int(os.environ.get("COLUMNS", "0") or 0) or 10_000, soft_wrap=True)
+
+
+THREADS_HELP = ("torch CPU threads (0 = automatic: OMP_NUM_THREADS if set, else the cores this process may use "
+                "that the load average says are idle; shown in the progress line).")
+
+
+def threads_option():
+    """The ``--threads`` option every command that computes takes (0 = :func:`probekit.threads.choose_threads`)."""
+    return typer.Option(0, "--threads", min=0, help=THREADS_HELP)
+
+
+def use_threads(requested: int) -> None:
+    """Set torch's threads for this command (see :mod:`probekit.threads`)."""
+    from probekit.threads import apply_threads
+
+    apply_threads(requested)
 
 
 @contextlib.contextmanager
@@ -51,6 +74,7 @@ def progress(description: str, total: int, unit: str = "it", *, enabled: bool = 
             started = True
         speed = bar.tasks[task].speed
         kw = {"description": description} if description else {}
+        info = f"{info} · {_threads_note()}" if info else _threads_note()
         if total is not None:
             kw["total"] = total
         bar.update(task, completed=completed, rate=f"{speed:,.1f} {unit}/s" if speed else "", info=info, **kw)
@@ -115,6 +139,14 @@ fraction = finite_float(ge=0, le=1)  # shares and scores in [0, 1]
 open_fraction = finite_float(gt=0, lt=1)  # probabilities that must leave room on both sides
 
 
+def _threads_note() -> str:
+    """``"2 threads"`` once torch is loaded (the number the work really uses), else ``""``."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return f"{torch.get_num_threads()} threads" if torch is not None else ""
+
+
 def parse_options(items: list[str] | None) -> dict:
     """``["lam=1e-3", "neumann_orders=6"]`` -> ``{"lam": 0.001, "neumann_orders": 6}`` (JSON values;
     NaN and infinities are refused)."""
@@ -134,3 +166,40 @@ def print_json(obj) -> None:
     import sys
 
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+STORAGE_OPTION_HELP = ("Option of an object-store URL (s3://, gs://, any fsspec URL) as key=value, repeatable: "
+                       "endpoint_url=http://127.0.0.1:9000, profile=NAME, anon=true, key=..., secret=...; "
+                       "values are JSON where they parse; a dotted key nests (client_kwargs.region_name=eu-west-1).")
+
+
+def storage_option():
+    """The ``--storage-option`` option every command that takes a store path takes."""
+    return typer.Option(None, "--storage-option", help=STORAGE_OPTION_HELP)
+
+
+def parse_storage_options(items: list[str] | None) -> dict | None:
+    """``["endpoint_url=http://h:9000", "anon=true", "client_kwargs.region_name=x"]`` ->
+    ``{"endpoint_url": "http://h:9000", "anon": True, "client_kwargs": {"region_name": "x"}}``
+    (None when none are given). Values are JSON where they parse, else the text itself; keys
+    keep their spelling (fsspec's names have underscores)."""
+    if not items:
+        return None
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UsageError(f"--storage-option {item!r} is not of the form key=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--storage-option {item!r}: {part} is already given a value")
+        node[last] = value
+    return out

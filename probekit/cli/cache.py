@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import print_json, progress, stderr_console
+from probekit.cli._common import (parse_storage_options, print_json, progress, stderr_console, storage_option,
+                                  threads_option, use_threads)
 from probekit.errors import UsageError
 
 
@@ -17,7 +18,8 @@ from probekit.errors import UsageError
 def cache(
     model: Optional[str] = typer.Option(None, "--model", help="Model spec, e.g. toy:store/models/demo "
                                         "(optional with --checkpoints)."),
-    out: Path = typer.Option(..., "--out", help="Store to write (a .zarr directory)."),
+    out: str = typer.Option(..., "--out", help="Store to write: a .zarr directory, or an object-store URL "
+                            "(s3://bucket/run.zarr, gs://...; see --storage-option)."),
     task: Optional[str] = typer.Option(None, help="Task (default: the one the toy model was trained on)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Task parameter key=value (repeatable)."),
     n_samples: int = typer.Option(2000, "--n-samples", "-n", min=1,
@@ -45,13 +47,17 @@ def cache(
     logits: str = typer.Option("keep", "--logits", help="Model output per position: keep (model_out), skip, or "
                                "topk:K (the K largest values and their indices)."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    storage: Optional[List[str]] = storage_option(),
+    threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
 ) -> None:
     """Cache activations of MODEL on task samples; rerun the same command to resume."""
+    use_threads(threads)
     from probekit.cache.run import CacheRequest
     from probekit.plugin.host import PluginHost
     from probekit.report.cache import cache_summary, cache_summary_line
     from probekit.tasks import parse_params
+    from probekit.store.location import is_url
 
     host = PluginHost.default()
     err = stderr_console()
@@ -65,11 +71,12 @@ def cache(
 
         params = resolve_task(host, model or _first_checkpoint(checkpoints), None, param,
                               missing=PARAM_NEEDS_TASK).given
-    req = CacheRequest(model=model, out=str(out), task=task, task_params=params, n_samples=n_samples, seed=seed,
+    req = CacheRequest(model=model, out=out if is_url(out) else str(Path(out)), task=task, task_params=params, n_samples=n_samples, seed=seed,
                        sites=cache_sites(site, err if not as_json else None), dtype=dtype, random_init=random_init,
                        batch_size=batch_size, device=device, block=block,
                        text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype,
-                       checkpoints=checkpoints, logits=logits)
+                       checkpoints=checkpoints, logits=logits,
+                       storage_options=parse_storage_options(storage))
     started = time.perf_counter()
     store = _run(host, req, overwrite=overwrite, console=None if as_json else err)
     summary = cache_summary(store, time.perf_counter() - started)
@@ -92,7 +99,8 @@ def _run(host, req, *, overwrite: bool, console):
         if console is not None:
             verb = "resuming" if info["resuming"] else "writing"
             console.print(f"{verb} {req.out}: about {info['estimated_bytes'] / 2**20:,.1f} MiB uncompressed "
-                          f"({info['free_bytes'] / 2**30:,.1f} GiB free)")
+                          + (f"({info['free_bytes'] / 2**30:,.1f} GiB free)" if info["free_bytes"] is not None
+                             else "(object store)"))
 
     with progress("cache", req.n_samples * factor, "samples", enabled=console is not None) as update:
         def on_progress(phase: str, done: int, n: int) -> None:

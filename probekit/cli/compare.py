@@ -9,7 +9,7 @@ import typer
 
 from probekit.cli import app
 from probekit.cli._common import (finite_floats, parse_options, print_json, progress, stderr_console,
-                                  stdout_console)
+                                  stdout_console, threads_option, use_threads)
 
 
 @app.command()
@@ -29,9 +29,11 @@ def compare(
     ood_samples: int = typer.Option(2000, "--ood-samples", min=2, help="Tasks per out-of-distribution scale."),
     device: str = typer.Option("cpu", help="Device of the model: cpu, cuda, mps or auto."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: compare.<hypotheses>.png next to the model)."),
+    threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON instead of a table."),
 ) -> None:
     """Compare MODEL with one or more hypotheses' algorithms: losses, prediction gap, sensitivity cosine."""
+    use_threads(threads)
     from probekit.lenses.compare import CompareSettings, run_compare
     from probekit.report.compare import compare_json, compare_table, plot_compare
     from probekit.errors import UsageError
@@ -58,6 +60,9 @@ def compare(
         results = run_compare(host, model, list(hypothesis), settings,
                               on_progress=lambda what, done, total: update(done, info=what, total=total))
     plot_compare(results, png)
+    if scales and not results.attrs.get("ood_param"):
+        stderr_console().print(f"no out-of-distribution sweep: task {results.attrs.get('task', task)!r} declares no "
+                               "ood_param (the Params field --ood scales; see docs/plugins.md)", soft_wrap=True)
     if as_json:
         import json
 

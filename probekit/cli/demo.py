@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import progress, stderr_console, stdout_console
+from probekit.cli._common import progress, stderr_console, stdout_console, threads_option, use_threads
 
 
 @app.command()
@@ -19,8 +19,11 @@ def demo(
                                   help="Held-out sequences to cache and probe (at least one per probe fold)."),
     seed: int = typer.Option(0, min=0, help="Training seed."),
     fresh: bool = typer.Option(False, help="Retrain and recache even if earlier results exist."),
+    threads: int = threads_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print the probe results as JSON records instead of the table."),
 ) -> None:
     """Train -> cache -> probe `rls` -> table + PNG, with the default settings."""
+    use_threads(threads)
     import json
 
     from probekit.cache.run import CacheRequest, run_cache
@@ -71,9 +74,16 @@ def demo(
     with progress("probe rls", 1, "layers") as update:
         results, key = run_probe(host, store_path, "rls",
                                  on_progress=lambda what, d, t: update(d, info=what, total=t))
-    stdout_console().print(results_table(results))
     png = plot_r2(results, default_plot_path(store_path, "rls"))
     heat = plot_r2_by_position(results, png.with_name(f"{png.stem}.pos{png.suffix}"))
+    if as_json:
+        from probekit.cli._common import print_json
+        from probekit.report.probes import results_json
+
+        print_json({**json.loads(results_json(results)), "store": str(store_path), "key": key,
+                    "plots": [str(png), str(heat)]})
+        return
+    stdout_console().print(results_table(results))
     last = int(results.layer.values[-1])
     r2 = results.r2.sel(site="resid", layer=last, target="rls_pred")
     ci = results.sel(site="resid", layer=last, target="rls_pred", condition="model")

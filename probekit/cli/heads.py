@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import fraction, print_json, progress, stderr_console, stdout_console
+from probekit.cli._common import (fraction, print_json, progress, stderr_console, stdout_console, threads_option,
+                                  use_threads)
 
 
 @app.command()
@@ -40,7 +41,7 @@ def heads(
     threshold: float = typer.Option(0.5, callback=fraction, help="Score (0 to 1) from which a head counts as an "
                                     "induction (prev-token, duplicate) head."),
     batch_size: int = typer.Option(64, min=1, help="Sequences per forward pass."),
-    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
+    threads: int = threads_option(),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: heads.png in the toy model's directory, "
                                         "or dynamics.png in the run's; others: the working directory); the "
@@ -61,10 +62,7 @@ def heads(
     from probekit import outputs
 
     png = outputs.check_output(plot or _default_plot(model, checkpoints), outputs.FIGURE, option="--plot")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    use_threads(threads)
     host = PluginHost.default()
     params = {}
     if param:

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import open_fraction, print_json, progress, stderr_console, stdout_console
+from probekit.cli._common import (open_fraction, print_json, progress, stderr_console, stdout_console,
+                                  threads_option, use_threads)
 
 
 @app.command()
@@ -27,10 +28,12 @@ def icl(
     plot: Path = typer.Option(Path("icl.png"), help="PNG to write."),
     out: Optional[Path] = typer.Option(None, help="Also save the curve (per-prompt values) as a zarr store: a new "
                                        "path, or the curve of an earlier icl run (replaced)."),
+    threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the curve as JSON instead of a table."),
 ) -> None:
     """Score P(correct answer) for n = 0..N in-context examples; fit logit P against n; compare with
     the task's ideal Bayesian observer."""
+    use_threads(threads)
     from probekit import outputs
     from probekit.lenses.icl import ICLSettings, icl_curve, save_curve
     from probekit.report.icl import icl_table, plot_icl

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import print_json, progress, stderr_console, stdout_console
+from probekit.cli._common import print_json, progress, stderr_console, stdout_console, threads_option, use_threads
 from probekit.errors import UsageError
 
 
@@ -38,10 +38,12 @@ def patch(
                                        "patching/<id>), a new .zarr, or a directory (patch.zarr, patch.png, "
                                        "patch.json)."),
     plot: Optional[Path] = typer.Option(None, help="Heatmap PNG (default: next to --out, else ./patch.png)."),
+    threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
 ) -> None:
     """Patch MODEL's residual stream from prompt A (with context) into B (without), every layer × position:
     how much of log p(answer) does each vector recover? Optionally ablate heads or blocks in A first."""
+    use_threads(threads)
     import json
 
     from probekit.lenses.interventions.run import PatchSettings, run_patch, save_patch

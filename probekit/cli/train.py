@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import fraction, non_negative, positive, print_json, progress, stderr_console
+from probekit.cli._common import (fraction, non_negative, positive, print_json, progress, stderr_console,
+                                  threads_option)
 
 
 @app.command()
@@ -37,7 +38,7 @@ def train(
                                              help="Std of the initial weights (> 0; default: the "
                                              "preset's; 0.002/layers for lsa)."),
     seed: int = typer.Option(0, min=0, help="Seed for initialisation and data: same seed, same weights."),
-    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
+    threads: int = threads_option(),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0,
                                          help="Also keep checkpoints every K steps (and at step 0) under OUT/checkpoints/."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
@@ -56,6 +57,9 @@ def train(
     from probekit import outputs
 
     outputs.check_output(out, outputs.CHECKPOINT, replace=overwrite)  # before any work
+    from probekit.threads import apply_threads
+
+    threads = apply_threads(threads)[0]  # recorded with the checkpoint's training settings
     host = PluginHost.default()
     task_cls = host.tasks.get(task)
     task_obj = task_cls(**parse_params(task_cls.Params, param))

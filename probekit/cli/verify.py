@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import print_json, progress, stdout_console
+from probekit.cli._common import parse_storage_options, print_json, progress, stdout_console, storage_option
 
 STYLE = {"ok": "green", "incomplete": "yellow", "damaged": "bold red"}
 
 
 @app.command()
 def verify(
-    store: Path = typer.Argument(..., help="Store to check (written by `probekit cache`)."),
+    store: str = typer.Argument(..., help="Store to check (written by `probekit cache`): a folder or an "
+                                "object-store URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    storage: Optional[List[str]] = storage_option(),
 ) -> None:
     """Read every chunk of every group of STORE, checking crc32c checksums, that every zarr.json
     parses and that every block the manifest lists is on disk. Exit 0 if intact (or incomplete:
     resumable), 1 if damaged. Example: `probekit verify store/demo/demo.zarr --json`."""
     from probekit.errors import StoreError
     from probekit.store.integrity import verify_store
+    from probekit.store.location import Location
 
+    where = Location(store, parse_storage_options(storage))
+    store = where.url if where.remote else where.path
     # the bar only on a terminal: a damaged store's report ends with exactly one error line
-    with progress(f"verify {store.name}", 1, "chunks", enabled=not as_json and sys.stderr.isatty()) as update:
-        report = verify_store(store, on_progress=lambda done, total, info: update(done, info=info, total=total))
+    with progress(f"verify {where.name}", 1, "chunks", enabled=not as_json and sys.stderr.isatty()) as update:
+        report = verify_store(store, storage_options=where.options,
+                              on_progress=lambda done, total, info: update(done, info=info, total=total))
     if as_json:
         print_json(report)
     else:

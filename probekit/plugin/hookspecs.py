@@ -64,8 +64,8 @@ def probekit_register_hypotheses(register: Register) -> None:
     Called once per plugin manager.
 
     :param register: ``register(name, hypothesis_class)``. ``hypothesis_class``
-        follows :class:`probekit.targets.hypothesis.Hypothesis`: ``requires`` (variables the
-        store must hold) and ``targets(ds) -> xr.Dataset`` aligned on
-        ``(sample, pos)`` with a boolean mask per target.
+        subclasses :class:`probekit.Hypothesis`: ``requires`` (variables the store must hold)
+        and ``compute(ds) -> list[Target]``; the base class's ``targets(ds)`` turns those into the
+        targets Dataset aligned on ``(sample, pos)`` with a boolean mask per target.
     :returns: nothing; results are ignored.
     """

@@ -11,6 +11,7 @@ import numpy as np
 
 from probekit.probes import scoring
 from probekit.probes.ridge import FoldStats, sum_stats
+from probekit.store.location import Location, mtime
 from probekit.store.zarr_store import Store
 
 
@@ -35,13 +36,17 @@ def view(arr, checkpoint: int | None):
 def _array(path: str, group: str | None, site: str, version: int, checkpoint: int | None = None):
     """Open one activation array (cached per process; ``version`` is its metadata's mtime,
     so a rewritten store is never read through a stale handle), or one checkpoint of it."""
-    return view(Store(path).array(site, group), checkpoint)
+    where = Location.from_token(path) if isinstance(path, tuple) else path  # a remote store: (URL, options)
+    return view(Store(where).array(site, group), checkpoint)
 
 
 def source(store: Store, group: str | None, site: str, checkpoint: int | None = None) -> tuple:
     """What a job needs to open one site's array (of one checkpoint) in any process."""
-    meta = store.path / (group or "") / site / "zarr.json"
-    return (str(store.path), group, site, meta.stat().st_mtime_ns, checkpoint)
+    rel = "/".join(filter(None, [group, site, "zarr.json"]))
+    if store.remote:  # the URL and its storage options travel as a hashable token
+        info = store.location.fs.info(store.location.key(rel))
+        return (store.location.token(), group, site, int(mtime(info) * 1e9), checkpoint)
+    return (str(store.path), group, site, (store.path / rel).stat().st_mtime_ns, checkpoint)
 
 
 def read(src: tuple, layer: int, s0: int, s1: int) -> np.ndarray:

@@ -7,7 +7,10 @@ def cache_summary(store, seconds: float) -> dict:
     """A JSON-able summary of a written store: sites and their shapes, dims, dtype, random-init
     group, checkpoints, bytes on disk and the seconds it took."""
     ds = store.dataset()
-    on_disk = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    if store.remote:  # an object store: the sizes of its objects, from one listing
+        on_disk = sum(int(info.get("size") or 0) for info in store.location.find(detail=True).values())
+    else:
+        on_disk = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     return {"store": str(store.path), "sites": {s: dict(zip(ds[s].dims, ds[s].shape)) for s in ds.attrs["sites"]},
             "n_samples": ds.sizes["sample"], "dims": {k: int(v) for k, v in ds.sizes.items()},
             "dtype": ds.attrs["dtype"], "random_init": store.has_group("random_init"),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from probekit.store import schema
+from probekit.store.location import Location
 from probekit.errors import StoreError
 
 OK, INCOMPLETE, DAMAGED = "ok", "incomplete", "damaged"
@@ -88,9 +89,13 @@ def block_variables(attrs: dict, arrays) -> list[str]:
 # -- chunks of one array ------------------------------------------------------------------------
 
 
-def _listing(array_dir: Path) -> tuple[set[str], set[str]]:
+def _listing(root, rel: str) -> tuple[set[str], set[str]]:
     """Relative paths (``/``-separated) of the files and of the directories under an array's
-    folder: one walk, whatever the number of chunks."""
+    folder (of an object store: its keys; no directories): one walk or listing, whatever the
+    number of chunks."""
+    if isinstance(root, Location):
+        return set(root.find(rel)), set()
+    array_dir = root / rel
     files, dirs = set(), set()
     for dirpath, dirnames, filenames in os.walk(array_dir):
         rel = os.path.relpath(dirpath, array_dir).replace(os.sep, "/")
@@ -124,10 +129,11 @@ def has_checksum(arr) -> bool:
     return any(type(c).__name__ == "Crc32cCodec" for c in arr.metadata.codecs)
 
 
-def chunk_states(root: Path, arr) -> Iterator[tuple[tuple, str, str]]:
+def chunk_states(root, arr) -> Iterator[tuple[tuple, str, str]]:
     """``(coords, key, state)`` of every chunk of ``arr`` in its grid, ``state`` one of ``file``,
-    ``missing`` or ``directory`` (keys from zarr's own chunk key encoding)."""
-    files, dirs = _listing(root / arr.path)
+    ``missing`` or ``directory`` (keys from zarr's own chunk key encoding). ``root``: the
+    store's folder, or the :class:`Location` of a remote store."""
+    files, dirs = _listing(root, arr.path)
     for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
         key = arr.metadata.encode_chunk_key(coords)
         yield coords, key, ("directory" if key in dirs else "file" if key in files else "missing")
@@ -166,10 +172,13 @@ def read_error(arr, layer: int, s0: int, s1: int, exc: BaseException) -> StoreEr
 # -- before a probe: cheap, reads no data ---------------------------------------------------------
 
 
-def walk_nodes(root: Path) -> dict[str, tuple[dict | None, str | None]]:
+def walk_nodes(root) -> dict[str, tuple[dict | None, str | None]]:
     """Every node under ``root``: ``relative path -> (metadata, None)``, or ``(None, why)`` for
     a ``zarr.json`` that is truncated or garbled, and for a folder that holds chunks or nodes
-    but lost its own ``zarr.json``. Chunk folders of readable arrays are not walked."""
+    but lost its own ``zarr.json``. Chunk folders of readable arrays are not walked (of a
+    remote store, a :class:`Location`, every key is listed once)."""
+    if isinstance(root, Location):
+        return _walk_keys(root)
     nodes, bare = {}, []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -187,9 +196,31 @@ def walk_nodes(root: Path) -> dict[str, tuple[dict | None, str | None]]:
     return dict(sorted(nodes.items()))
 
 
-def _parse(path: Path) -> tuple[dict | None, str | None]:
+def _walk_keys(root: Location) -> dict[str, tuple[dict | None, str | None]]:
+    """:func:`walk_nodes` of an object store, from one listing of its keys."""
+    keys = root.find()
+    nodes = {}
+    for key in keys:
+        if key == METADATA or key.endswith("/" + METADATA):
+            rel = key[: -len(METADATA)].rstrip("/")
+            nodes[rel] = _parse(lambda key=key: root.read_bytes(key))
+    arrays = [rel + "/" for rel, (meta, _) in nodes.items() if meta and meta["node_type"] == "array"]
+    prefixes = set()
+    for key in keys:
+        if not any(key.startswith(a) for a in arrays):
+            parts = key.split("/")[:-1]
+            prefixes.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    for rel in sorted(prefixes - set(nodes)):
+        chunky = any(k.startswith(rel + "/c/") for k in keys)
+        if chunky or any(n.startswith(rel + "/") for n in nodes if nodes[n][0]):
+            nodes[rel] = (None, "missing (what it held is unreachable)")
+    return {rel: v for rel, v in sorted(nodes.items()) if not any(rel.startswith(a) for a in arrays)}
+
+
+def _parse(path) -> tuple[dict | None, str | None]:
+    """``path``: a ``zarr.json`` file, or a function that returns its bytes."""
     try:
-        meta = json.loads(path.read_bytes())
+        meta = json.loads(path() if callable(path) else path.read_bytes())
     except (OSError, ValueError) as exc:
         return None, f"not valid JSON (truncated or garbled?): {str(exc).splitlines()[0][:80]}"
     if not isinstance(meta, dict) or meta.get("node_type") not in ("array", "group"):
@@ -202,7 +233,8 @@ def check_chunks(store, group: str | None = None, names=None) -> None:
     is well formed, every chunk of every finished unit of its block-written arrays is a file,
     and so is every chunk of its other arrays that carry a checksum (written whole); ``names``
     restricts the check to those arrays. Lists files only: cheap even for thousands of chunks."""
-    for rel, (_, why) in walk_nodes(store.path / (group or "")).items():
+    for rel, (_, why) in walk_nodes(_root(store).child(group or "") if store.remote
+                                    else store.path / (group or "")).items():
         if why:
             raise damaged(store.path, f"{_file('/'.join(filter(None, [group, rel])))} is {why}")
     attrs = store.attrs(group)
@@ -223,7 +255,7 @@ def check_chunks(store, group: str | None = None, names=None) -> None:
         arr = arrays[name]
         if name not in blockwise and not has_checksum(arr):
             continue  # written before every chunk was kept: an absent chunk may be the fill value
-        for coords, key, state in chunk_states(store.path, arr):
+        for coords, key, state in chunk_states(_root(store), arr):
             if state != "file" and (name not in blockwise or chunk_unit(arr, coords) in done):
                 what = describe_chunk(arr, coords) if name in blockwise else arr.path
                 problems.append(f"{what} is {'a directory' if state == 'directory' else state} "
@@ -236,14 +268,16 @@ def check_chunks(store, group: str | None = None, names=None) -> None:
 # -- probekit verify: the fsck of a store -------------------------------------------------------
 
 
-def verify_store(path, on_progress: Callable[[int, int, str], None] | None = None) -> dict:
+def verify_store(path, on_progress: Callable[[int, int, str], None] | None = None,
+                 storage_options: dict | None = None) -> dict:
     """Check a store throughout; returns ``{"store", "status", "chunks", "problems",
     "incomplete", "rows"}`` where status is ``intact``, ``incomplete`` or ``damaged`` and each row
     is ``{"group", "variable", "chunks", "status", "detail"}``.
 
     Raises :class:`StoreError` only for a path that is not a probekit store at all.
     """
-    root = Path(path)
+    where = Location(path, storage_options)
+    root = where if where.remote else where.path
     nodes = _nodes(root)
     report = _Report(root)
     for rel, (meta, why) in nodes.items():
@@ -253,11 +287,11 @@ def verify_store(path, on_progress: Callable[[int, int, str], None] | None = Non
     for rel, (meta, why) in nodes.items():
         if meta and meta["node_type"] == "array":
             arrays[rel] = _open_array(root, rel, report)
-    arrays = {rel: a for rel, a in arrays.items() if a is not None}
+    arrays = {rel: a for rel, a in arrays.items() if a is not None and not _is_marker_array(rel)}
     groups = {rel: meta for rel, (meta, why) in nodes.items() if meta and meta["node_type"] == "group"}
     blockwise = {}
     for rel, meta in groups.items():
-        blockwise.update(_manifest(rel, meta.get("attributes", {}), arrays, nodes, report))
+        blockwise.update(_manifest(root, rel, meta.get("attributes", {}), arrays, nodes, report))
     total = sum(math.prod(a.cdata_shape) for a in arrays.values())
     done = 0
     for rel, arr in arrays.items():
@@ -291,6 +325,16 @@ class _Report:
                 "incomplete": self.incomplete, "rows": rows}
 
 
+def _root(store):
+    """A store's folder, or the :class:`Location` of a remote one (what the listings take)."""
+    return store.location if store.remote else store.path
+
+
+def _target(root) -> str:
+    """What zarr opens for ``root``: the folder's path, or the remote store's ``FsspecStore``."""
+    return root.zarr_store() if isinstance(root, Location) else str(root)
+
+
 def _split(rel: str) -> tuple[str, str]:
     """``random_init/resid`` -> ``("random_init", "resid")``, ``resid`` -> ``("/", "resid")``;
     the root's own row is ``("/", "(root)")``."""
@@ -302,13 +346,15 @@ def _file(rel: str) -> str:
     return f"{rel}/{METADATA}" if rel else METADATA
 
 
-def _nodes(root: Path) -> dict:
+def _nodes(root) -> dict:
     """:func:`walk_nodes` of a probekit store (:class:`StoreError` if ``root`` is not one)."""
-    if not root.exists():
+    where = root if isinstance(root, Location) else Location(root)
+    if not where.exists():
         raise StoreError(f"no store at {root}")
-    if not (root / METADATA).is_file():
+    if not where.isfile(METADATA):
         raise StoreError(f"{root} is not a probekit store (no {METADATA})")
-    meta, _ = _parse(root / METADATA)  # unreadable: a damaged store, reported with the rest
+    # unreadable: a damaged store, reported with the rest
+    meta, _ = _parse(lambda: where.read_bytes(METADATA)) if where.remote else _parse(root / METADATA)
     if meta is not None and (meta["node_type"] != "group" or "probekit_format" not in meta.get("attributes", {})):
         raise StoreError(f"{root} is a zarr {meta['node_type']} but not a probekit store "
                          "(no probekit_format attribute)")
@@ -319,13 +365,21 @@ def _open_array(root: Path, rel: str, report: _Report):
     import zarr
 
     try:
-        return zarr.open_array(store=str(root), path=rel, mode="r", zarr_format=3)
+        return zarr.open_array(store=_target(root), path=rel, mode="r", zarr_format=3)
     except Exception as exc:  # noqa: BLE001 - valid JSON that zarr rejects
         report.add(*_split(rel), 0, DAMAGED, f"{_file(rel)} is not valid array metadata ({reason(exc)})")
         return None
 
 
-def _manifest(rel: str, attrs: dict, arrays: dict, nodes: dict, report: _Report) -> dict:
+def _is_marker_array(rel: str) -> bool:
+    """Whether ``rel`` is a manifest's marker array (checked by the manifest row, not read)."""
+    from probekit.store import manifest
+
+    key = f"{manifest.GROUP}/{manifest.ARRAY}"
+    return rel == key or rel.endswith("/" + key)
+
+
+def _manifest(root, rel: str, attrs: dict, arrays: dict, nodes: dict, report: _Report) -> dict:
     """Check a block-written group's manifest (a row of its own); returns ``{array: finished
     units}`` for its block-written arrays (groups without a manifest: ``{}``)."""
     if schema.BLOCK_ATTR not in attrs:
@@ -333,7 +387,11 @@ def _manifest(rel: str, attrs: dict, arrays: dict, nodes: dict, report: _Report)
     group = rel or "/"
     expected = expected_units(attrs)
     try:
-        done = manifest_units(attrs.get(schema.MANIFEST_ATTR, []))
+        import zarr
+
+        from probekit.store import manifest
+
+        done = manifest.units(zarr.open_group(_target(root), path=rel, mode="r", use_consolidated=False), attrs)
     except ValueError as exc:
         report.add(group, "manifest", 0, DAMAGED, f"{exc}")
         done = set()

@@ -67,7 +67,8 @@ REQUIRED_ATTRS = (
     "device",
     "torch_version",
 )
-MANIFEST_ATTR = "blocks_done"  # sample blocks fully written, per group
+MANIFEST_ATTR = "blocks_done"  # stores before the marker manifest: finished sample blocks, per group
+SHARD_ATTR = "sample_shard"  # samples per shard of a sharded store (absent: one file per chunk)
 BLOCK_ATTR = "sample_block"  # samples per block (chunk size along `sample`)
 STORE_DTYPES = ("float16", "float32")  # numpy (hence zarr here) has no bfloat16
 

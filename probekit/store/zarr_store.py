@@ -10,10 +10,7 @@ A store knows paths and arrays, never models. Layout (see ``docs/store-spec.md``
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import socket
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from probekit.store import schema
-from probekit.errors import StoreError, StoreLockedError
+from probekit.store.location import Location, mtime
+from probekit.errors import StoreError
 
 
 def _zarr():
@@ -55,18 +53,32 @@ def vlen_strings(ds):
 
 
 class Store:
-    """A probekit store at ``path`` (a directory ending in ``.zarr`` by convention)."""
+    """A probekit store at ``path``: a directory ending in ``.zarr`` by convention, or an
+    object-store URL (``s3://bucket/run.zarr``) read and written with ``storage_options``
+    (:mod:`probekit.store.location`). ``path`` is a :class:`~pathlib.Path` for a local store
+    and the URL (a ``str``) for a remote one; ``location`` knows both."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | Location, storage_options: dict | None = None):
+        self.location = Location(path, storage_options)
+        self.path = self.location.url if self.location.remote else self.location.path
+        self._lock = None
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
+    @property
+    def remote(self) -> bool:
+        return self.location.remote
+
+    @property
+    def target(self):
+        """What zarr and xarray open: the local path, or a ``zarr.storage.FsspecStore``."""
+        return self.location.zarr_store() if self.remote else self.path
+
     # -- creation and opening ------------------------------------------------
 
     def exists(self) -> bool:
-        return (self.path / "zarr.json").is_file()
+        return self.location.isfile("zarr.json")
 
     @classmethod
     def create(cls, path, base, *, checksum: bool = True) -> "Store":
@@ -77,22 +89,26 @@ class Store:
         Refuses any existing path but an empty folder: a store is replaced only by building
         the new one beside it and swapping it in (:func:`probekit.outputs.replacing`).
         """
-        store = cls(path)
-        if store.path.exists() and (not store.path.is_dir() or any(store.path.iterdir())):
+        store = path if isinstance(path, Store) else cls(path)
+        if store.remote:
+            if store.location.find():
+                raise StoreError(f"{store.path} already holds objects; refusing to write a new store over them")
+        elif store.path.exists() and (not store.path.is_dir() or any(store.path.iterdir())):
             raise StoreError(f"{store.path} already exists; refusing to write a new store over it")
-        store.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            store.path.parent.mkdir(parents=True, exist_ok=True)
         with quiet_zarr():
             base = vlen_strings(base)
-            base.to_zarr(store.path, mode="w-", zarr_format=3, consolidated=False, write_empty_chunks=True,
+            base.to_zarr(store.target, mode="w-", zarr_format=3, consolidated=False, write_empty_chunks=True,
                          encoding=_checksummed(base) if checksum else None)
         store.consolidate()
         return store
 
     @classmethod
-    def open(cls, path) -> "Store":
+    def open(cls, path, storage_options: dict | None = None) -> "Store":
         """Open an existing probekit store, or raise :class:`StoreError` saying what is wrong."""
-        store = cls(path)
-        if not store.path.exists():
+        store = path if isinstance(path, Store) else cls(path, storage_options)
+        if not store.location.exists():
             raise StoreError(f"no store at {store.path}")
         if not store.exists():
             raise StoreError(f"{store.path} is not a zarr v3 store (no zarr.json)")
@@ -106,8 +122,8 @@ class Store:
         return store
 
     def remove(self) -> None:
-        if (self.path / "zarr.json").is_file() or not self.path.exists():
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self.exists() or not self.location.exists():
+            self.location.remove()
         else:
             raise StoreError(f"refusing to delete {self.path}: it is not a zarr store")
 
@@ -115,13 +131,13 @@ class Store:
 
     def group(self, group: str | None = None, mode: str = "r"):
         zarr = _zarr()
-        return zarr.open_group(self.path, path=group or "", mode=mode, use_consolidated=False)
+        return zarr.open_group(self.target, path=group or "", mode=mode, use_consolidated=False)
 
     def attrs(self, group: str | None = None) -> dict:
         return dict(self.group(group).attrs)
 
     def has_group(self, group: str) -> bool:
-        return (self.path / group / "zarr.json").is_file()
+        return self.location.isfile(f"{group}/zarr.json")
 
     def dataset(self, group: str | None = None):
         """The (lazy) xarray Dataset of the root or of a sub-group.
@@ -134,7 +150,7 @@ class Store:
 
         if group and not self.has_group(group):
             raise StoreError(f"{self.path} has no group {group!r}")
-        return xr.open_zarr(self.path, group=group, consolidated=False, chunks=None)
+        return xr.open_zarr(self.target, group=group, consolidated=False, chunks=None)
 
     def array(self, name: str, group: str | None = None):
         """The zarr array ``name`` (for chunk-wise reads that bypass xarray)."""
@@ -159,13 +175,17 @@ class Store:
         group: str | None = None,
         attrs: dict | None = None,
         checksum: bool = True,
+        shard: int | None = None,
     ):
         """Pre-size an activation array ``(sample, layer or block, ...)``, or
         ``(checkpoint, sample, layer or block, ...)`` in a store of several checkpoints.
 
         One chunk is ``(block, 1, ...everything else)`` (after a leading 1 for the
         checkpoint): one layer of one sample block, a single contiguous read. With ``checksum``
-        each chunk carries a crc32c, checked on every read (bit rot, truncation).
+        each chunk carries a crc32c, checked on every read (bit rot, truncation). With ``shard``
+        (samples, a multiple of ``block``), chunks are inner chunks of zarr's sharding codec: one
+        object holds every layer of ``shard`` samples, a chunk is still one contiguous range of it,
+        and the crc32c applies to each inner chunk and to the shard's index.
         """
         if dtype not in schema.STORE_DTYPES:
             raise StoreError(f"unsupported store dtype {dtype!r}; choose from: {', '.join(schema.STORE_DTYPES)}")
@@ -173,11 +193,12 @@ class Store:
             raise StoreError(f"activation {name!r}: dims {dims} / shape {shape} are not a site layout")
         lead = (1,) if tuple(dims)[0] == schema.CHECKPOINT else ()
         zarr = _zarr()
-        g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
+        g = zarr.open_group(self.target, path=group or "", mode="a", use_consolidated=False)
         return g.create_array(
             name,
             shape=shape,
             chunks=(*lead, block, 1, *shape[len(lead) + 2:]),
+            shards=(*lead, shard, *shape[len(lead) + 1:]) if shard else None,
             dtype=dtype,
             dimension_names=tuple(dims),
             fill_value=0,
@@ -187,14 +208,16 @@ class Store:
             overwrite=True,
         )
 
-    def create_variable(self, name, shape, dims, *, dtype, chunks, group=None, attrs=None, checksum: bool = True):
+    def create_variable(self, name, shape, dims, *, dtype, chunks, group=None, attrs=None, checksum: bool = True,
+                        shards=None):
         """Pre-size any other per-sample variable (e.g. model outputs). Float variables (logits)
         are stored uncompressed like activations; integer and boolean ones (tokens, masks) with
-        zarr's default compressor (zstd). ``checksum`` appends the crc32c codec."""
+        zarr's default compressor (zstd). ``checksum`` appends the crc32c codec; ``shards`` (a
+        shape, a multiple of ``chunks``) stores them through zarr's sharding codec."""
         zarr = _zarr()
-        g = zarr.open_group(self.path, path=group or "", mode="a", use_consolidated=False)
+        g = zarr.open_group(self.target, path=group or "", mode="a", use_consolidated=False)
         return g.create_array(
-            name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
+            name, shape=shape, chunks=chunks, shards=shards or None, dtype=dtype, dimension_names=dims,
             fill_value=0, attributes=attrs or {}, overwrite=True,
             compressors=_checksum_codecs(checksum, compress=np.dtype(dtype).kind != "f"),
         )
@@ -220,19 +243,26 @@ class Store:
     # A checkpoint store's units are (checkpoint index, sample block) pairs, stored as [c, b].
 
     def blocks_done(self, group: str | None = None) -> set:
-        """Completed units: sample block indices, or ``(checkpoint, block)`` pairs."""
-        from probekit.store.integrity import damaged, manifest_units
+        """Completed units: sample block indices, or ``(checkpoint, block)`` pairs (one marker object
+        each, listed in one go; :mod:`probekit.store.manifest`)."""
+        from probekit.store import manifest
+        from probekit.store.integrity import damaged
 
+        node = self.group(group)
         try:
-            return manifest_units(self.attrs(group).get(schema.MANIFEST_ATTR, []))
+            return manifest.units(node, dict(node.attrs))
         except ValueError as exc:
             raise damaged(self.path, f"the manifest of group {group or '/'} is malformed ({exc})") from None
 
     def mark_block_done(self, index, group: str | None = None) -> None:
-        """Record sample block ``index`` (an int, or a ``(checkpoint, block)`` pair) as written."""
+        """Record sample block ``index`` (an int, or a ``(checkpoint, block)`` pair) as written:
+        one small object, whatever the number of blocks already done."""
+        from probekit.store import manifest
+
+        self.check_lock()  # a writer whose object-store lock was taken over writes no more blocks
         unit = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else int(index)
-        done = sorted(self.blocks_done(group) | {unit})
-        self.update_attrs({schema.MANIFEST_ATTR: [list(u) if isinstance(u, tuple) else u for u in done]}, group)
+        node = self.group(group, mode="a")
+        manifest.mark(node, dict(node.attrs), unit)
 
     def is_complete(self, group: str | None = None) -> bool:
         """Whether every sample block (of every checkpoint) of the root (or of ``group``) has been written."""
@@ -254,7 +284,7 @@ class Store:
     def consolidate(self) -> None:
         zarr = _zarr()
         with quiet_zarr():
-            zarr.consolidate_metadata(self.path)
+            zarr.consolidate_metadata(self.target)
 
     # -- probe results -----------------------------------------------------------
 
@@ -262,64 +292,59 @@ class Store:
         """Write a results Dataset under ``probes/<hypothesis>/<run_id>``; returns the group path."""
         key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}"
         n = 1
-        while (self.path / key).exists():  # the same settings twice in one second: a new key, never a rewrite
+        while self.location.exists(key):  # the same settings twice in one second: a new key, never a rewrite
             n += 1
             key = f"{schema.PROBES_GROUP}/{hypothesis}/{run_id}-{n}"
         try:
             with quiet_zarr():
                 ds = vlen_strings(ds)
-                ds.to_zarr(self.path, group=key, mode="w-", zarr_format=3, consolidated=False,
+                ds.to_zarr(self.target, group=key, mode="w-", zarr_format=3, consolidated=False,
                            write_empty_chunks=True, encoding=_checksummed(ds))
         except BaseException:
-            shutil.rmtree(self.path / key, ignore_errors=True)  # no half-written results group
+            self.location.remove(key)  # no half-written results group
             raise
         self.consolidate()
         return key
 
     def results(self, hypothesis: str | None = None) -> list[str]:
         """Group paths of stored probe results, oldest first."""
-        base = self.path / schema.PROBES_GROUP
         keys = []
-        for hyp_dir in sorted(base.iterdir()) if base.is_dir() else []:
-            if not hyp_dir.is_dir() or (hypothesis and hyp_dir.name != hypothesis):
-                continue
-            for run in hyp_dir.iterdir():
-                if run.is_dir() and (run / "zarr.json").is_file():
-                    keys.append((run.stat().st_mtime, f"{schema.PROBES_GROUP}/{hyp_dir.name}/{run.name}"))
+        for rel, info in self.location.find(schema.PROBES_GROUP, detail=True).items():
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[2] == "zarr.json" and (not hypothesis or parts[0] == hypothesis):
+                keys.append((mtime(info), f"{schema.PROBES_GROUP}/{parts[0]}/{parts[1]}"))
         return [k for _, k in sorted(keys)]
 
     # -- locking -----------------------------------------------------------------
 
     @property
-    def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+    def lock_path(self) -> Path | str:
+        """The sibling ``<name>.lock`` (a file, or an object of a remote store)."""
+        from probekit.store.lock import lock_location
+
+        at = lock_location(self.location)
+        return at.url if at.remote else at.path
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold an exclusive writer lock (a sibling ``.lock`` file); stale locks of dead processes are taken over."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                holder = _read_lock(self.lock_path)
-                if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid")):
-                    self.lock_path.unlink(missing_ok=True)  # stale: its writer died
-                    continue
-                raise StoreLockedError(
-                    f"{self.path} is being written by another process (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}); wait for it, or delete {self.lock_path} if that process is gone"
-                ) from None
-        else:  # pragma: no cover - lost a race twice
-            raise StoreLockedError(f"could not lock {self.path}")
+        """Hold an exclusive writer lock (a sibling ``.lock`` file or object; :mod:`probekit.store.lock`):
+        stale locks (a dead process; on an object store also a heartbeat older than the timeout)
+        are taken over."""
+        from probekit.store.lock import Lock
+
+        held = Lock(self.location).acquire()
+        self._lock = held
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             yield
         finally:
-            self.lock_path.unlink(missing_ok=True)
+            self._lock = None
+            held.release()
+
+    def check_lock(self) -> None:
+        """Raise :class:`StoreLockedError` if this store's writer lock was taken over by another
+        writer (its heartbeat stalled past the timeout); a no-op when no lock is held."""
+        if self._lock is not None:
+            self._lock.check()
 
 
 def _checksum_codecs(checksum: bool, *, compress: bool):
@@ -329,22 +354,3 @@ def _checksum_codecs(checksum: bool, *, compress: bool):
     codecs = [ZstdCodec()] if compress else []
     codecs += [Crc32cCodec()] if checksum else []
     return codecs or None
-
-
-def _read_lock(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

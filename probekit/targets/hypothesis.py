@@ -81,7 +81,13 @@ class Hypothesis:
             raise PluginError(f"hypothesis {self.name!r} failed computing its targets: "
                               f"{type(exc).__name__}: {exc}") from exc
         out = make_targets(computed, n_samples=ds.sizes[schema.SAMPLE], n_pos=ds.sizes[schema.POS])
-        out.attrs.update({"hypothesis": self.name, "options": dict(self.options), "fitted": self.fitted()})
+        try:
+            fitted = self.fitted()
+        except Exception as exc:
+            raise PluginError(f"hypothesis {self.name!r}: fitted() raised {type(exc).__name__}: {exc}; it is recorded "
+                              "with every result, fitted or not, so it must work before fit(): return {} until "
+                              "then") from exc
+        out.attrs.update({"hypothesis": self.name, "options": dict(self.options), "fitted": fitted})
         return out
 
     def compute(self, ds: "xr.Dataset") -> Sequence[Target]:  # pragma: no cover - abstract

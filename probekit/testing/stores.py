@@ -29,7 +29,7 @@ def _attributes(store) -> list[str]:
     problems = []
     for group in _groups(store):
         attrs = store.attrs(group)
-        needed = ("model_hash", "sites", "dtype", schema.BLOCK_ATTR, schema.MANIFEST_ATTR)
+        needed = ("model_hash", "sites", "dtype", schema.BLOCK_ATTR)
         problems += [f"{group + ': ' if group else ''}missing attribute {a!r}" for a in needed
                      if a not in attrs and (group or a not in schema.REQUIRED_ATTRS)]  # (schema reports the root's)
     return problems
@@ -75,7 +75,7 @@ def _outputs_layout(store) -> list[str]:
 
 def _complete(store) -> list[str]:
     return [f"{group + ': ' if group else ''}incomplete: {len(store.blocks_done(group))} units in the manifest "
-            f"({schema.MANIFEST_ATTR}); rerun the cache command to finish it"
+            "(probekit_manifest); rerun the cache command to finish it"
             for group in _groups(store) if not store.is_complete(group)]
 
 
