@@ -116,3 +116,17 @@ def test_cache_option_errors_are_one_line(capsys, tmp_path, trained, args, messa
 def test_probe_option_errors_are_one_line(capsys, tmp_path, args, message):
     code, _, err = cli(capsys, "probe", str(tmp_path / "none.zarr"), "-H", "rls", *args)
     assert code == 2 and "\n" not in err.strip() and err.strip().startswith(f"error: {message}")
+
+
+def test_plugins_piped_to_a_file_keeps_every_name_whole(tmp_path):
+    """Off a terminal the table is not wrapped to 80 columns: no name is broken mid-word."""
+    out = tmp_path / "plugins.txt"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-m", "probekit", "plugins"], stdout=f, check=True, env=env)
+    text = out.read_text()
+    listed = json.loads(subprocess.run([sys.executable, "-m", "probekit", "plugins", "--json"], capture_output=True,
+                                       text=True, check=True, env=env).stdout)
+    names = {n for r in listed for n in (r["plugin"], *r["tasks"], *r["models"], *r["hypotheses"])}
+    words = set(text.replace(",", " ").replace("│", " ").split())
+    assert names <= words, sorted(names - words)
