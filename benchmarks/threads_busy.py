@@ -44,14 +44,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for label, threads in ((f"torch default ({cores} threads)", cores), ("probekit auto (--threads 0)", 0)):
                 info = train(args.steps, threads, os.path.join(tmp, f"m{threads}"))
-                rows.append((label, info["model"] and info["steps_per_second"],
+                rows.append((label, info["steps_per_second"],
                              info.get("threads", threads)))
     finally:
         for p in procs:
             p.kill()
     print(f"{cores} cores, {args.busy} busy-loop processes, load {os.getloadavg()[0]:.1f}, {args.steps} steps")
-    for label, sps, _ in rows:
-        print(f"  {label:<32} {sps:8.1f} steps/s")
+    for label, sps, used in rows:
+        print(f"  {label:<32} {sps:8.1f} steps/s  ({used} threads)")
     print(f"  ratio auto / default: {rows[1][1] / rows[0][1]:.1f}x")
 
 

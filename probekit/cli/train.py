@@ -79,7 +79,7 @@ def train(
 
     info = read(path).training
     summary = {"checkpoint": str(path), "final_loss": info["final_loss"], "seconds": info["seconds"],
-               "steps_per_second": round(steps / max(info["seconds"], 1e-9), 1), "model": config.to_dict()}
+               "steps_per_second": round(steps / max(info["seconds"], 1e-9), 1), "threads": threads, "model": config.to_dict()}
     if as_json:
         print_json(summary)
     else:

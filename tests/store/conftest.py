@@ -22,6 +22,9 @@ def s3_server():
     environment a subprocess needs (dummy credentials, no proxy)."""
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_SESSION_TOKEN": "testing", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     saved = {k: os.environ.get(k) for k in env}
