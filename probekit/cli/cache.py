@@ -39,6 +39,11 @@ def cache(
                                      "architecture (a probe baseline) into the store's random_init group."),
     batch_size: int = typer.Option(256, min=1, help="Sequences per forward pass."),
     block: Optional[int] = typer.Option(None, min=1, help="Samples per chunk (default: chunks of about 4 MB)."),
+    shard: Optional[str] = typer.Option(None, help="Samples per shard (zarr sharding codec: one object holds every "
+                                        "layer of that many samples), or auto (stores of 8 GiB or more); "
+                                        "for millions of chunks on a filesystem or object store."),
+    inflight: int = typer.Option(2, min=1, help="Blocks computed ahead of their writes (memory: about "
+                                 "inflight + 1 blocks)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Cache the same inputs through every "
                                               "toy checkpoint of a training run into a checkpoint dim: a directory "
@@ -73,7 +78,8 @@ def cache(
                               missing=PARAM_NEEDS_TASK).given
     req = CacheRequest(model=model, out=out if is_url(out) else str(Path(out)), task=task, task_params=params, n_samples=n_samples, seed=seed,
                        sites=cache_sites(site, err if not as_json else None), dtype=dtype, random_init=random_init,
-                       batch_size=batch_size, device=device, block=block,
+                       batch_size=batch_size, device=device, block=block, inflight=inflight,
+                       shard=int(shard) if shard and shard.isdigit() else shard,
                        text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype,
                        checkpoints=checkpoints, logits=logits,
                        storage_options=parse_storage_options(storage))

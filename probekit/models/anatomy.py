@@ -21,30 +21,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 #: per architecture family (HF ``config.model_type``, or ``toy``): module paths, relative to the
-#: model (``blocks``, ``embed``, ``ln_final``) or to one block (``out_proj``, ``ln1``, ``qkv``)
+#: model (``blocks``, ``embed``, ``ln_final``) or to one block (``attn``, ``mlp``: the attention and
+#: MLP modules whose outputs are the ``attn_out`` / ``mlp_out`` sites; ``out_proj``, ``ln1``, ``qkv``)
 FAMILIES: dict[str, dict[str, str]] = {
-    "toy": {"blocks": "blocks", "out_proj": "attn.W_o", "embed": "embed", "unembed": "unembed",
+    "toy": {"blocks": "blocks", "attn": "attn", "out_proj": "attn.W_o", "embed": "embed", "unembed": "unembed",
             "ln_final": "ln_f", "ln1": "ln1", "qkv": "attn.W_qkv"},
-    "gpt2": {"blocks": "transformer.h", "out_proj": "attn.c_proj", "embed": "transformer.wte",
-             "ln_final": "transformer.ln_f", "ln1": "ln_1", "qkv": "attn.c_attn"},
-    "llama": {"blocks": "model.layers", "out_proj": "self_attn.o_proj", "embed": "model.embed_tokens",
-              "ln_final": "model.norm", "ln1": "input_layernorm"},
-    "mistral": {"blocks": "model.layers", "out_proj": "self_attn.o_proj", "embed": "model.embed_tokens",
-                "ln_final": "model.norm", "ln1": "input_layernorm"},
-    "qwen2": {"blocks": "model.layers", "out_proj": "self_attn.o_proj", "embed": "model.embed_tokens",
-              "ln_final": "model.norm", "ln1": "input_layernorm"},
-    "gemma": {"blocks": "model.layers", "out_proj": "self_attn.o_proj", "embed": "model.embed_tokens",
-              "ln_final": "model.norm", "ln1": "input_layernorm"},
-    "gpt_neox": {"blocks": "gpt_neox.layers", "out_proj": "attention.dense", "embed": "gpt_neox.embed_in",
-                 "ln_final": "gpt_neox.final_layer_norm", "ln1": "input_layernorm"},
-    "gptj": {"blocks": "transformer.h", "out_proj": "attn.out_proj", "embed": "transformer.wte",
-             "ln_final": "transformer.ln_f", "ln1": "ln_1"},
-    "opt": {"blocks": "model.decoder.layers", "out_proj": "self_attn.out_proj",
+    "gpt2": {"blocks": "transformer.h", "attn": "attn", "mlp": "mlp", "out_proj": "attn.c_proj",
+             "embed": "transformer.wte", "ln_final": "transformer.ln_f", "ln1": "ln_1", "qkv": "attn.c_attn"},
+    "llama": {"blocks": "model.layers", "attn": "self_attn", "mlp": "mlp", "out_proj": "self_attn.o_proj",
+              "embed": "model.embed_tokens", "ln_final": "model.norm", "ln1": "input_layernorm"},
+    "mistral": {"blocks": "model.layers", "attn": "self_attn", "mlp": "mlp", "out_proj": "self_attn.o_proj",
+                "embed": "model.embed_tokens", "ln_final": "model.norm", "ln1": "input_layernorm"},
+    "qwen2": {"blocks": "model.layers", "attn": "self_attn", "mlp": "mlp", "out_proj": "self_attn.o_proj",
+              "embed": "model.embed_tokens", "ln_final": "model.norm", "ln1": "input_layernorm"},
+    "gemma": {"blocks": "model.layers", "attn": "self_attn", "mlp": "mlp", "out_proj": "self_attn.o_proj",
+              "embed": "model.embed_tokens", "ln_final": "model.norm", "ln1": "input_layernorm"},
+    "gpt_neox": {"blocks": "gpt_neox.layers", "attn": "attention", "mlp": "mlp", "out_proj": "attention.dense",
+                 "embed": "gpt_neox.embed_in", "ln_final": "gpt_neox.final_layer_norm", "ln1": "input_layernorm"},
+    "gptj": {"blocks": "transformer.h", "attn": "attn", "mlp": "mlp", "out_proj": "attn.out_proj",
+             "embed": "transformer.wte", "ln_final": "transformer.ln_f", "ln1": "ln_1"},
+    "opt": {"blocks": "model.decoder.layers", "attn": "self_attn", "out_proj": "self_attn.out_proj",
             "embed": "model.decoder.embed_tokens", "ln1": "self_attn_layer_norm"},
-    "falcon": {"blocks": "transformer.h", "out_proj": "self_attention.dense", "embed": "transformer.word_embeddings",
+    "falcon": {"blocks": "transformer.h", "attn": "self_attention", "mlp": "mlp",
+               "out_proj": "self_attention.dense", "embed": "transformer.word_embeddings",
                "ln_final": "transformer.ln_f"},
-    "phi": {"blocks": "model.layers", "out_proj": "self_attn.dense", "embed": "model.embed_tokens",
-            "ln_final": "model.final_layernorm", "ln1": "input_layernorm"},
+    "phi": {"blocks": "model.layers", "attn": "self_attn", "mlp": "mlp", "out_proj": "self_attn.dense",
+            "embed": "model.embed_tokens", "ln_final": "model.final_layernorm", "ln1": "input_layernorm"},
 }
 
 #: attention output projections of families not in :data:`FAMILIES`, tried in this order
@@ -98,6 +100,21 @@ def out_proj(block, family: str):
         found = module_at(block, path)
         if found is not None:
             return found
+    return None
+
+
+#: attention and MLP modules (relative to a block) of families not in :data:`FAMILIES`, tried in order
+COMPONENT_FALLBACK = {"attn": ("attn", "self_attn", "attention", "self_attention"),
+                      "mlp": ("mlp", "feed_forward", "ffn")}
+
+
+def component_path(block, family: str, kind: str) -> str | None:
+    """The path, relative to ``block``, of its attention (``kind="attn"``) or MLP (``"mlp"``) module:
+    the family's alias, else the first of :data:`COMPONENT_FALLBACK` the block has (None: none)."""
+    alias = FAMILIES.get(family, {}).get(kind)
+    for path in ((alias,) if alias else ()) + COMPONENT_FALLBACK[kind]:
+        if module_at(block, path) is not None:
+            return path
     return None
 
 

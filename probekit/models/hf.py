@@ -126,7 +126,7 @@ class HFAdapter:
             | ({"patching"} if is_causal_lm else set()))
 
     def _anatomy(self) -> Anatomy:
-        model, tok, text = self.model, self.tokenizer, _text_config(self.config)
+        model, tok, text = self.model, self.tokenizer, text_config(self.config)
         family = getattr(self.config, "model_type", None) or type(model).__name__
         projs = [out_proj(b, family) for b in self.blocks]
         vocab = int(model.get_input_embeddings().num_embeddings)
@@ -212,7 +212,7 @@ class HFAdapter:
                 tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"
         tokenizer.truncation_side = "right"
-        blocks = _find_blocks(model, _text_config(config).num_hidden_layers)
+        blocks = find_blocks(model, text_config(config).num_hidden_layers)
         return cls(model, tokenizer, config, f"hf:{rest}", random_init=random_init, init_seed=init_seed,
                    device=device, blocks=blocks, is_causal_lm=is_causal_lm)
 
@@ -227,7 +227,7 @@ class HFAdapter:
 
     @property
     def d_model(self) -> int:
-        return int(_text_config(self.config).hidden_size)
+        return int(text_config(self.config).hidden_size)
 
     @property
     def d_out(self) -> int:
@@ -236,11 +236,11 @@ class HFAdapter:
         head = self.model.get_output_embeddings()
         if head is not None and hasattr(head, "weight"):
             return int(head.weight.shape[0])
-        return int(_text_config(self.config).vocab_size)
+        return int(text_config(self.config).vocab_size)
 
     @property
     def n_heads(self) -> int:
-        return int(_text_config(self.config).num_attention_heads)
+        return int(text_config(self.config).num_attention_heads)
 
     def site_layout(self, site: str, seq_len: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """Store dims and per-sample shape of ``site``: ``resid`` is (layer, pos, feature) with
@@ -255,7 +255,7 @@ class HFAdapter:
 
     @property
     def max_positions(self) -> int | None:
-        n = getattr(_text_config(self.config), "max_position_embeddings", None)
+        n = getattr(text_config(self.config), "max_position_embeddings", None)
         return int(n) if isinstance(n, int) else None
 
     # ----------------------------------------------------------------- tokens
@@ -289,22 +289,7 @@ class HFAdapter:
         and outputs ``[b, T, d_out]`` (float32 logits). Invalid positions are zeroed."""
         import torch
 
-        unknown = [s for s in sites if s not in SITES]
-        if unknown:
-            raise UnknownNameError("site", unknown[0], SITES)
-        inputs = np.asarray(inputs)
-        if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
-            raise DataError(f"hf models take integer token ids [batch, pos]; got {inputs.dtype} {inputs.shape}")
-        if valid is None:
-            valid = np.ones(inputs.shape, bool)
-        valid = np.asarray(valid, bool)
-        if valid.shape != inputs.shape:
-            raise DataError(f"valid mask has shape {valid.shape}, token ids have {inputs.shape}")
-        if self.max_positions is not None and inputs.shape[1] > self.max_positions:
-            raise DataError(f"{inputs.shape[1]} positions exceed the model's {self.max_positions}; "
-                            "truncate with tokenize(..., max_len=...)")
-        if inputs.size and (inputs.min() < 0 or inputs.max() >= self.model.get_input_embeddings().num_embeddings):
-            raise DataError("token ids out of the model's vocabulary range")
+        inputs, valid = self.checked_inputs(inputs, sites, valid, SITES)
         want_attn = "attn_pattern" in sites
         if want_attn and self.model.config._attn_implementation != "eager":
             raise UsageError("site attn_pattern needs the model loaded with attn_implementation='eager'")
@@ -329,6 +314,26 @@ class HFAdapter:
             acts["attn_pattern"] = (att * pair[:, None, None]).cpu().numpy()
         final = out.logits if self.is_causal_lm else out.last_hidden_state
         return acts, (final.float() * keep[:, :, None]).cpu().numpy()
+
+    def checked_inputs(self, inputs, sites, valid, known) -> tuple[np.ndarray, np.ndarray]:
+        """``(token ids, valid mask)`` as arrays, after checking the sites (against ``known``), the
+        shapes, the context length and the vocabulary range (a one-line error for each)."""
+        unknown = [s for s in sites if s not in known]
+        if unknown:
+            raise UnknownNameError("site", unknown[0], known)
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
+            raise DataError(f"{self.scheme} models take integer token ids [batch, pos]; "
+                            f"got {inputs.dtype} {inputs.shape}")
+        valid = np.ones(inputs.shape, bool) if valid is None else np.asarray(valid, bool)
+        if valid.shape != inputs.shape:
+            raise DataError(f"valid mask has shape {valid.shape}, token ids have {inputs.shape}")
+        if self.max_positions is not None and inputs.shape[1] > self.max_positions:
+            raise DataError(f"{inputs.shape[1]} positions exceed the model's {self.max_positions}; "
+                            "truncate with tokenize(..., max_len=...)")
+        if inputs.size and (inputs.min() < 0 or inputs.max() >= self.model.get_input_embeddings().num_embeddings):
+            raise DataError("token ids out of the model's vocabulary range")
+        return inputs, valid
 
     @property
     def _forward_params(self):
@@ -374,12 +379,12 @@ class HFAdapter:
         }
 
 
-def _text_config(config):
+def text_config(config):
     get = getattr(config, "get_text_config", None)
     return get() if callable(get) else config
 
 
-def _find_blocks(model, n_layers: int):
+def find_blocks(model, n_layers: int):
     """The ``ModuleList`` of the ``n_layers`` decoder blocks (``transformer.h``, ``model.layers``, ...)."""
     from torch import nn
 

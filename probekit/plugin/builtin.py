@@ -7,6 +7,7 @@ from probekit.plugin.hookspecs import hookimpl
 def probekit_register_models(register):
     from probekit.models.adapters import ToyAdapter
     from probekit.models.hf import HFAdapter  # light: transformers loads only in HFAdapter.load
+    from probekit.models.nnsight import NNsightAdapter  # light: nnsight loads only in NNsightAdapter.load
     from probekit.models.tlens import TLensAdapter  # light: transformer_lens loads only in TLensAdapter.load
     from probekit.models.torch_module import TorchModuleAdapter
 
@@ -14,3 +15,4 @@ def probekit_register_models(register):
     register("hf", HFAdapter)
     register("torch", TorchModuleAdapter)
     register("tlens", TLensAdapter)
+    register("nnsight", NNsightAdapter)

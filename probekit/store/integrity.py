@@ -134,15 +134,16 @@ def chunk_states(root, arr) -> Iterator[tuple[tuple, str, str]]:
     ``missing`` or ``directory`` (keys from zarr's own chunk key encoding). ``root``: the
     store's folder, or the :class:`Location` of a remote store."""
     files, dirs = _listing(root, arr.path)
-    for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
-        key = arr.metadata.encode_chunk_key(coords)
+    per = [s // c for s, c in zip(arr.shards, arr.chunks)] if arr.shards else [1] * len(arr.chunks)
+    for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):  # a sharded array: its shard's key
+        key = arr.metadata.encode_chunk_key(tuple(c // p for c, p in zip(coords, per)))
         yield coords, key, ("directory" if key in dirs else "file" if key in files else "missing")
 
 
 def read_chunk(arr, coords) -> str | None:
     """Read one chunk through zarr (which checks its crc32c); None, or why it is unreadable."""
     try:
-        arr.get_block_selection(tuple(coords))
+        arr[tuple(slice(c * k, (c + 1) * k) for c, k in zip(coords, arr.chunks))]  # (an inner chunk if sharded)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to decode is an unreadable chunk

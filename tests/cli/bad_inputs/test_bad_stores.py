@@ -51,6 +51,18 @@ def set_manifest(workdir, value, group: str = "") -> None:
     meta.write_text(json.dumps(doc))
 
 
+def marker(store_dir, unit, group: str = ""):
+    """The marker object of a finished unit (``probekit_manifest/done/c/<b>``, or ``c/<ckpt>/<b>``)."""
+    parts = unit if isinstance(unit, tuple) else (unit,)
+    return Path(store_dir, group, "probekit_manifest", "done", "c", *map(str, parts))
+
+
+def add_marker(store_dir, name: str, group: str = "") -> None:
+    """A marker object named ``name`` (e.g. ``x`` or ``7``): garbled or out of range."""
+    path = marker(store_dir, 0, group).with_name(name)
+    path.write_bytes(b"\x01")
+
+
 # -- new arrays carry a checksum -------------------------------------------------------------------
 
 
@@ -131,9 +143,16 @@ def test_probe_refuses_deleted_array_metadata(workdir, fails):
 
 
 @pytest.mark.parametrize("manifest", ["all", [0, "x"], [[0]], {"0": 1}, [0, 7]])
-def test_probe_refuses_a_garbled_manifest(workdir, fails, manifest):
-    set_manifest(workdir, manifest)
+def test_probe_refuses_a_garbled_legacy_manifest(workdir, fails, manifest):
+    set_manifest(workdir, manifest)  # stores written before the marker manifest keep a blocks_done list
     fails(1, *PROBE, match="the manifest of group /")
+
+
+@pytest.mark.parametrize("name, match", [("x", "probekit_manifest holds the object 'x'"),
+                                          ("7", "lists sample block 7, which the group does not have")])
+def test_probe_refuses_a_garbled_marker(workdir, fails, name, match):
+    add_marker(workdir / STORE, name)
+    fails(1, *PROBE, match=match)
 
 
 # -- probekit verify -------------------------------------------------------------------------------
@@ -175,8 +194,11 @@ def test_verify_json_and_results_groups(workdir, capsys):
     (lambda w: (w / STORE / "resid" / "zarr.json").unlink(), "resid/zarr.json is missing"),
     (lambda w: set_manifest(w, [0, "x"]), 'the manifest of the root: blocks_done holds "x"'),
     (lambda w: set_manifest(w, [3], "random_init"), "the manifest of random_init: lists sample block 3"),
+    (lambda w: add_marker(w / STORE, "x"), "the manifest of the root: probekit_manifest holds the object 'x'"),
+    (lambda w: add_marker(w / STORE, "3", "random_init"), "the manifest of random_init: lists sample block 3"),
 ], ids=["deleted", "deleted-random-init", "flipped", "truncated", "empty", "model-out", "task-variable",
-        "root-metadata", "group-metadata", "array-metadata", "no-array-metadata", "manifest", "manifest-range"])
+        "root-metadata", "group-metadata", "array-metadata", "no-array-metadata", "manifest", "manifest-range",
+        "marker", "marker-range"])
 def test_verify_finds_damage_in_one_line(workdir, fails, damage, match):
     damage(workdir)
     line = fails(1, "verify", STORE, match=match)
@@ -201,7 +223,7 @@ def test_verify_counts_every_problem_and_prints_the_table(workdir, fails, capsys
 
 
 def test_verify_an_incomplete_store_is_not_damage(workdir, capsys):
-    set_manifest(workdir, [])  # the cache was killed before its only block was recorded...
+    marker(workdir / STORE, 0).unlink()  # the cache was killed before its only block was recorded...
     chunk(workdir, "resid").unlink()  # ...with one chunk not yet written
     capsys.readouterr()
     assert run(["verify", STORE]) == 0
@@ -258,14 +280,15 @@ def test_check_chunks_of_a_checkpoint_store(ckpt_store):
 
 def test_check_chunks_ignores_unfinished_units_and_refuses_unknown_ones(ckpt_store):
     _ckpt_chunk(ckpt_store, (1, 2, 1, 0, 0)).unlink()
-    done = sorted(ckpt_store.blocks_done() - {(1, 2)})
-    ckpt_store.update_attrs({schema.MANIFEST_ATTR: [list(u) for u in done]})
+    marker(ckpt_store.path, (1, 2)).unlink()
     ckpt_store.check_chunks()  # (1, 2) is not finished: its chunks may be absent
     assert verify_store(ckpt_store.path)["status"] == "incomplete"
-    ckpt_store.update_attrs({schema.MANIFEST_ATTR: [list(u) for u in done] + [[5, 0]]})
+    marker(ckpt_store.path, (5, 0)).parent.mkdir()
+    marker(ckpt_store.path, (5, 0)).write_bytes(b"\x01")
     with pytest.raises(StoreError, match="lists sample block 0 at checkpoint 5, which the group does not have"):
         ckpt_store.check_chunks()
-    ckpt_store.update_attrs({schema.MANIFEST_ATTR: [0, 1]})  # a plain store's units in a checkpoint store
+    shutil.rmtree(marker(ckpt_store.path, (5, 0)).parent)
+    ckpt_store.update_attrs({schema.MANIFEST_ATTR: [0, 1]})  # a plain store's units (legacy list) in a checkpoint store
     with pytest.raises(StoreError, match="lists sample block 0, which the group does not have"):
         ckpt_store.check_chunks()
 
