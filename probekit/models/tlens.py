@@ -96,6 +96,7 @@ from probekit.errors import CheckpointError, DataError, UnknownNameError, UsageE
 from probekit.models.adapters import decode_each, resolve_device, site_layout, torch_dtype
 from probekit.models.anatomy import Anatomy
 from probekit.models.hf import jsonable, tokenizer_hash as hf_tokenizer_hash
+from probekit.models.tlens_bridge import config_dict, load_bridge, tl_major
 from probekit.models.tlens_load import (  # noqa: F401  (the format's names, documented here)
     CONFIG_FILE,
     EXTRA_HINT,
@@ -136,7 +137,7 @@ class TLensAdapter:
             "attn_out": [f"blocks.{i}.hook_attn_out" for i in range(n)],
             "attn_pattern": [f"blocks.{i}.attn.hook_pattern" for i in range(n)],
         }
-        if not model.cfg.attn_only:
+        if not getattr(model.cfg, "attn_only", False):
             self.hook_names["mlp_out"] = [f"blocks.{i}.hook_mlp_out" for i in range(n)]
         self._hash: str | None = None
 
@@ -152,11 +153,17 @@ class TLensAdapter:
         name, flags = parse_options(rest, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                                     center_unembed=center_unembed, fold_value_biases=fold_value_biases,
                                     refactor_factored_attn_matrices=refactor_factored_attn_matrices)
-        import_tlens()
+        major = tl_major()
+        if major is None or major < 4:
+            import_tlens()
         device = resolve_device(device)
         compute_dtype = torch_dtype(dtype)
         local = Path(name).expanduser()
         common = {"random_init": random_init, "init_seed": init_seed, "device": device, "dtype": compute_dtype}
+        if major is not None and major >= 4:  # TransformerLens 4: a TransformerBridge
+            model, applied, source = load_bridge(name, flags, **common)
+            return cls(model, f"tlens:{rest}", processing=flags, applied=applied, random_init=random_init,
+                       init_seed=init_seed, device=device, source=source)
         if local.is_dir():
             model, applied, saved = load_dir(local, flags, **common)
             return cls(model, f"tlens:{rest}", processing=flags, applied=applied, random_init=random_init,
@@ -312,7 +319,7 @@ class TLensAdapter:
             "model_spec": self.spec,
             "model_hash": self._hash,
             # the config as run: normalization_type is LNPre once LayerNorm is folded
-            "model_config": jsonable(config_to_dict(self.model.cfg, strict=False)),
+            "model_config": jsonable(config_dict(self.model.cfg)),
             "model_source": self.source,
             "weight_processing": dict(self.processing),
             "weight_processing_applied": dict(self.applied),
