@@ -109,11 +109,43 @@ class BlockWriter:
                 yield s0, s1, blocks
 
     def _compute(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray]:
-        """Samples ``s0:s1`` through the model in batches, cast and shaped as the store holds them."""
-        req, inputs, valid = self.req, self.inputs, self.valid
-        parts = [adapter.run(inputs[i : min(s1, i + req.batch_size)], list(req.sites),
-                             **({} if valid is None else {"valid": valid[i : min(s1, i + req.batch_size)]}))
-                 for i in range(s0, s1, req.batch_size)]
+        """Samples ``s0:s1`` through the model in batches, cast and shaped as the store holds them:
+        cast where the model runs when its adapter gives tensors (``tensors``), else on the host.
+        A block that is not finite is redone on the host, whose error says what is wrong."""
+        from probekit.models.capabilities import has
+
+        data = self._compute_tensors(adapter, s0, s1) if has(adapter, "tensors") else None
+        return data if data is not None else self._compute_numpy(adapter, s0, s1)
+
+    def _batches(self, s0: int, s1: int):
+        """``(i, j, run keywords)`` of each batch of samples ``s0:s1``."""
+        for i in range(s0, s1, self.req.batch_size):
+            j = min(s1, i + self.req.batch_size)
+            yield i, j, {} if self.valid is None else {"valid": self.valid[i:j]}
+
+    def _compute_tensors(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray] | None:
+        """:meth:`_compute` through :class:`~probekit.cache.staging.HostBlock` (None: not finite)."""
+        from probekit.cache.staging import HostBlock
+
+        req, host, out_key = self.req, HostBlock(s1 - s0), "\0outputs"
+        want_out = parse_logits(req.logits) != 0
+        for i, j, kw in self._batches(s0, s1):
+            acts, out = adapter.run(self.inputs[i:j], list(req.sites), as_tensors=True, **kw)
+            for site in req.sites:
+                host.add(site, acts[site], i - s0, req.dtype)
+            if want_out:
+                host.add(out_key, out.float(), i - s0, "float32", check=False)
+            del acts, out
+        blocks = host.result()
+        if blocks is None:
+            return None
+        out = blocks.pop(out_key, None)
+        blocks.update(model_outputs(req, out) if out is not None else {})
+        return blocks
+
+    def _compute_numpy(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray]:
+        req = self.req
+        parts = [adapter.run(self.inputs[i:j], list(req.sites), **kw) for i, j, kw in self._batches(s0, s1)]
         blocks = {}
         for site in req.sites:
             blocks[site] = to_store_dtype(site, np.concatenate([p[0][site] for p in parts]), req.dtype)

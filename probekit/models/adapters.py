@@ -13,7 +13,7 @@ registry (``toy`` is built in; plugins add more). An adapter exposes:
 * ``anatomy`` (adapters with ``tokens``, ``heads``, ``weights`` or ``patching``): a
   :class:`probekit.models.anatomy.Anatomy`, where its blocks, heads and embeddings are.
 
-The built-in adapters: ``toy`` (:mod:`probekit.models.toy.adapter`), ``hf``, ``tlens``, ``torch``.
+The built-in adapters: ``toy`` (:mod:`probekit.models.toy.adapter`), ``hf``, ``tlens``, ``nnsight``, ``torch``.
 """
 
 from __future__ import annotations

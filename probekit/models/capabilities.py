@@ -23,6 +23,8 @@ CAPABILITIES = {
     "differentiable": "its outputs as a differentiable torch function of its inputs (forward(x); a toy model)",
     "task": "the task it was trained on (a toy checkpoint: --task may be omitted)",
     "prepare": "sizes learnt from one sample of inputs (a plain torch module)",
+    "tensors": "run(..., as_tensors=True): activations and outputs as torch tensors on the model's device, in "
+               "its dtype (the cache casts them there and copies them to pinned host buffers itself)",
 }
 
 

@@ -123,7 +123,8 @@ class HFAdapter:
         self.anatomy = self._anatomy()
         self.capabilities = type(self).capabilities | frozenset(
             ({"heads"} if self.anatomy.head_inputs else set()) | ({"weights"} if self.anatomy.weights else set())
-            | ({"patching"} if is_causal_lm else set()))
+            | ({"patching"} if is_causal_lm else set())
+            | ({"tensors"} if type(self).run is HFAdapter.run else set()))  # a subclass's own run may lack it
 
     def _anatomy(self) -> Anatomy:
         model, tok, text = self.model, self.tokenizer, text_config(self.config)
@@ -284,9 +285,11 @@ class HFAdapter:
         return decode_each(self.tokenizer, ids)
 
     # -------------------------------------------------------------------- run
-    def run(self, inputs: np.ndarray, sites: list[str], valid: np.ndarray | None = None):
+    def run(self, inputs: np.ndarray, sites: list[str], valid: np.ndarray | None = None, *,
+            as_tensors: bool = False):
         """Activations ``{"resid": [b, n+1, T, d], "attn_pattern": [b, n, head, T, T]}`` (float32)
-        and outputs ``[b, T, d_out]`` (float32 logits). Invalid positions are zeroed."""
+        and outputs ``[b, T, d_out]`` (float32 logits). Invalid positions are zeroed. With
+        ``as_tensors``: torch tensors on the model's device, in the model's dtype."""
         import torch
 
         inputs, valid = self.checked_inputs(inputs, sites, valid, SITES)
@@ -303,17 +306,18 @@ class HFAdapter:
                                                 output_attentions=want_attn, return_dict=True, **extra), hooks)
 
         keep = torch.as_tensor(valid, device=self.device)
-        acts: dict[str, np.ndarray] = {}
+        wide = (lambda t: t) if as_tensors else (lambda t: t.float())
+        acts: dict = {}
         if "resid" in sites:
             layers = list(out.hidden_states[: self.n_layers]) + [captured["last"]]  # pre-final-norm last layer
-            resid = torch.stack(layers, 1).float()  # [b, n+1, T, d]
-            acts["resid"] = (resid * keep[:, None, :, None]).cpu().numpy()
+            acts["resid"] = wide(torch.stack(layers, 1)) * keep[:, None, :, None]  # [b, n+1, T, d]
         if want_attn:
-            att = torch.stack(list(out.attentions), 1).float()  # [b, n, head, T, T]
             pair = keep[:, :, None] & keep[:, None, :]
-            acts["attn_pattern"] = (att * pair[:, None, None]).cpu().numpy()
-        final = out.logits if self.is_causal_lm else out.last_hidden_state
-        return acts, (final.float() * keep[:, :, None]).cpu().numpy()
+            acts["attn_pattern"] = wide(torch.stack(list(out.attentions), 1)) * pair[:, None, None]  # [b, n, head, T, T]
+        final = wide(out.logits if self.is_causal_lm else out.last_hidden_state) * keep[:, :, None]
+        if as_tensors:
+            return acts, final
+        return {site: a.cpu().numpy() for site, a in acts.items()}, final.cpu().numpy()
 
     def checked_inputs(self, inputs, sites, valid, known) -> tuple[np.ndarray, np.ndarray]:
         """``(token ids, valid mask)`` as arrays, after checking the sites (against ``known``), the

@@ -130,6 +130,8 @@ class NNsightAdapter(HFAdapter):
         self.lm, self.remote = lm, remote
         if remote is True:  # no local weights: nothing to hook, read or ablate here
             self.capabilities = frozenset(type(self).capabilities)
+        else:  # run(..., as_tensors=True) gives tensors on the local model's device
+            self.capabilities = self.capabilities | {"tensors"}
         blocks = list(self.blocks)
         paths = {id(m): name for name, m in self.model.named_modules()}
         self.block_paths = [paths[id(b)] for b in blocks]
@@ -205,29 +207,34 @@ class NNsightAdapter(HFAdapter):
         return plan + [("", "output", (("logits", "logits"),))]
 
     # -------------------------------------------------------------------- run
-    def run(self, inputs: np.ndarray, sites: list[str], valid: np.ndarray | None = None):
+    def run(self, inputs: np.ndarray, sites: list[str], valid: np.ndarray | None = None, *,
+            as_tensors: bool = False):
         """Activations ``{site: [b, layer or block, ...]}`` (float32) and logits ``[b, T, vocab]``
-        (float32), read in one nnsight trace. Invalid positions are zeroed, as in ``hf:``."""
+        (float32), read in one nnsight trace. Invalid positions are zeroed, as in ``hf:``. With
+        ``as_tensors`` (local models): torch tensors on the model's device, in the model's dtype."""
         import torch
 
         inputs, valid = self.checked_inputs(inputs, sites, valid, self.sites)
         ids = torch.as_tensor(inputs, dtype=torch.long, device=self._device)
         mask = torch.as_tensor(valid, dtype=torch.long, device=self._device)
         found = trace(self.lm, ids, mask, self.plan(sites), remote=self.remote, use_cache=False)
-        keep = torch.as_tensor(valid)
-        acts: dict[str, np.ndarray] = {}
+        keep = torch.as_tensor(valid, device=self._device)
+        wide = (lambda t: t) if as_tensors else (lambda t: t.float())
+        acts: dict = {}
         for site in sites:
             keys = ["resid"] + [f"resid.{b}" for b in range(1, self.n_layers + 1)] if site == "resid" \
                 else [f"{site}.{b}" for b in range(self.n_layers)]
             if any(found[k] is None for k in keys):
                 raise UsageError(f"{self.spec}: the attention modules return no weights (attn_pattern needs "
                                  "eager attention)")
-            x = torch.stack([found[k].detach().cpu() for k in keys], 1).float()
+            x = wide(torch.stack([found[k].detach().to(self._device) for k in keys], 1))
             mask_x = (keep[:, :, None] & keep[:, None, :])[:, None, None] if site == "attn_pattern" \
                 else keep[:, None, :, None]
-            acts[site] = (x * mask_x).numpy()
-        logits = found["logits"].detach().cpu().float()
-        return acts, (logits * keep[:, :, None]).numpy()
+            acts[site] = x * mask_x
+        logits = wide(found["logits"].detach().to(self._device)) * keep[:, :, None]
+        if as_tensors:
+            return acts, logits
+        return {site: a.cpu().numpy() for site, a in acts.items()}, logits.cpu().numpy()
 
     @property
     def _device(self) -> str:

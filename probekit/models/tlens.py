@@ -1,8 +1,11 @@
 """Adapter for TransformerLens models: ``tlens:<official model name>`` or ``tlens:<directory>``.
 
-Needs the ``tlens`` extra (``pip install 'probekit-lab[tlens]'``, i.e. ``transformer-lens>=2,<4``:
-TransformerLens 4 removed ``HookedTransformer``, which this adapter runs). torch and
-transformer_lens are imported only inside functions, so ``import probekit`` stays light.
+Needs the ``tlens`` extra (``pip install 'probekit-lab[tlens]'``, ``transformer-lens>=2``). On
+TransformerLens >= 4 the model is a ``TransformerBridge`` over an HF model (hub ids and HF model
+directories; :mod:`probekit.models.tlens_bridge`); on 2.x-3.x a ``HookedTransformer`` (official names
+and :func:`save_tlens` directories, described below). Hook names, sites and the processing switches
+are the same on both. torch and transformer_lens are imported only inside functions, so ``import
+probekit`` stays light.
 
 Specs
 -----
@@ -129,8 +132,9 @@ class TLensAdapter:
         self.random_init, self.init_seed, self.device, self.source = random_init, init_seed, device, source
         self.saved_config = saved_config
         self.tokenizer = getattr(model, "tokenizer", None)
-        if self.tokenizer is not None:
-            self.capabilities = type(self).capabilities | {"tokenizer"}
+        self.bridge = type(model).__name__ == "TransformerBridge"  # TransformerLens 4
+        caps = type(self).capabilities - ({"weights"} if self.bridge else set())
+        self.capabilities = caps | ({"tokenizer"} if self.tokenizer is not None else set())
         n = model.cfg.n_layers
         self.hook_names = {
             "resid": ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n)],
@@ -186,7 +190,9 @@ class TLensAdapter:
             bos_id=bos if bos is not None and bos < vocab else None,
             n_tokens=min(len(tok), vocab) if tok is not None else vocab,
             special_ids=frozenset(getattr(tok, "all_special_ids", []) or []) if tok is not None else frozenset(),
-            pad_id=(tok.pad_token_id or 0) if tok is not None else 0, weights="tlens")
+            pad_id=(tok.pad_token_id or 0) if tok is not None else 0, weights=None if self.bridge else "tlens",
+            weights_note="OV/QK weight scores read HookedTransformer weights (TransformerLens < 4); a "
+                         "TransformerBridge's norms are not folded into them yet" if self.bridge else "")
 
     # --------------------------------------------------------------- shape info
     @property

@@ -42,7 +42,7 @@ class TorchModuleAdapter:
 
     scheme = "torch"
     #: its sizes come from one sample (``prepare``); patching needs the ``resid`` site named
-    capabilities = frozenset({"prepare", "patching"})
+    capabilities = frozenset({"prepare", "patching", "tensors"})
 
     def __init__(self, model, spec: str, site_paths: dict[str, list[str]], *, random_init, init_seed, device):
         self.model, self.spec, self.site_paths = model, spec, site_paths
@@ -117,7 +117,8 @@ class TorchModuleAdapter:
         """Learn feature and output sizes from one sample (a plain module does not declare them)."""
         self._probe_shapes(inputs)
 
-    def run(self, inputs: np.ndarray, sites: list[str]):
+    def run(self, inputs: np.ndarray, sites: list[str], *, as_tensors: bool = False):
+        """Float32 numpy activations and outputs, or (``as_tensors``) torch tensors on the device."""
         import torch
 
         unknown = [s for s in sites if s not in self.site_paths]
@@ -130,9 +131,10 @@ class TorchModuleAdapter:
         x = torch.as_tensor(inputs, device=self.device)
         x = x.long() if x.dtype in (torch.int32, torch.int64) else x.float()
         out = first_output(run_with_hooks(lambda: self.model(x), hooks))
-        acts = {s: torch.stack([captured[(s, i)] for i in range(len(self.site_paths[s]))], 1).float().cpu().numpy()
-                for s in sites}
-        return acts, out.float().cpu().numpy()
+        acts = {s: torch.stack([captured[(s, i)] for i in range(len(self.site_paths[s]))], 1) for s in sites}
+        if as_tensors:
+            return acts, out
+        return {s: a.float().cpu().numpy() for s, a in acts.items()}, out.float().cpu().numpy()
 
     def token_logits(self, ids, valid, keep=None):
         """The module's output on token ids ``[batch, pos]`` (a torch tensor), or only at ``keep``."""

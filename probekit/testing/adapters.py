@@ -208,12 +208,24 @@ def _tokenizer(case: AdapterCase) -> None:
            "padding of the shorter text")
 
 
+def _tensors(case: AdapterCase) -> None:
+    import torch
+
+    (acts, out), tol = case.first_run, (case.rtol, case.atol)
+    t_acts, t_out = case.adapter.run(case.inputs, case.names, as_tensors=True)
+    ensure(isinstance(t_out, torch.Tensor) and all(isinstance(t_acts[s], torch.Tensor) for s in case.names),
+           "run(..., as_tensors=True) must return torch tensors (declared 'tensors')")
+    for site in case.names:
+        assert_same(t_acts[site].float().cpu().numpy(), acts[site], f"site {site!r}: as_tensors=True vs numpy", *tol)
+    assert_same(t_out.float().cpu().numpy(), out, "outputs: as_tensors=True vs numpy", *tol)
+
+
 BASIC = (("inputs", _inputs), ("load_signature", _load_signature), ("capabilities_known", _capabilities_known),
          ("spec", _spec), ("sites", _sites), ("sizes", _sizes), ("site_layouts", _site_layouts),
          ("outputs", _outputs), ("deterministic", _deterministic), ("sites_alone", _sites_alone),
          ("batch_independent", _batch_independent), ("refuses_unknown_site", _refuses_unknown_site))
 #: checks of a declared capability: capability -> (name, check)
-BY_CAPABILITY = {"tokenizer": ("tokenizer", _tokenizer)}
+BY_CAPABILITY = {"tokenizer": ("tokenizer", _tokenizer), "tensors": ("tensors", _tensors)}
 
 
 def _case_checks(case: AdapterCase):

@@ -63,12 +63,14 @@ def test_toy_adapters_declare_what_their_config_allows(tiny_checkpoint):
     model, cfg = im.build()
     tokens = ToyAdapter(model, Checkpoint(cfg, "repeated-tokens", {}), "toy:x", random_init=False, init_seed=0,
                         device="cpu")
-    assert capabilities(tokens) == {"tokens", "heads", "weights", "patching", "differentiable", "task"}
+    assert capabilities(tokens) == {"tokens", "heads", "weights", "patching", "differentiable", "task",
+                                    "tensors"}
     an = tokens.anatomy
     assert an.n_layers == cfg.n_layers and len(an.resid) == cfg.n_layers + 1 and an.weights == "toy"
     assert an.head_inputs[1] == (model.blocks[1].attn.W_o, "merged") and an.vocab == cfg.d_in
     continuous = ToyAdapter.load(str(tiny_checkpoint))
-    assert capabilities(continuous) == {"heads", "differentiable", "task"} == capabilities(ToyAdapter) | {"heads"}
+    assert capabilities(continuous) == {"heads", "differentiable", "task", "tensors"} == capabilities(ToyAdapter) | {
+        "heads"}
     with pytest.raises(UsageError, match="probekit heads needs a model with token inputs"):
         require(continuous, "tokens", "probekit heads")
 
@@ -79,8 +81,8 @@ def test_hf_adapters_declare_heads_weights_and_patching_by_architecture(hf_model
     gpt2, llama = (HFAdapter.load(str(hf_models[kind][0])) for kind in ("gpt2", "llama"))
     base = {"tokens", "tokenizer", "padding"}
     assert capabilities(HFAdapter) == base
-    assert capabilities(gpt2) == base | {"heads", "weights", "patching"}
-    assert capabilities(llama) == base | {"heads", "patching"}
+    assert capabilities(gpt2) == base | {"heads", "weights", "patching", "tensors"}
+    assert capabilities(llama) == base | {"heads", "patching", "tensors"}
     assert "implemented for toy, GPT-2 and TransformerLens" in llama.anatomy.weights_note
     assert gpt2.anatomy.head_inputs[0][0] is gpt2.model.transformer.h[0].attn.c_proj
     assert llama.anatomy.head_inputs[1][0] is llama.model.model.layers[1].self_attn.o_proj

@@ -61,6 +61,8 @@ def test_every_site_equals_hf_and_the_modules_it_names(kind, loaded):
     hf, nn = loaded[kind]
     ids, valid = hf.tokenize(TEXTS)
     assert not valid.all()  # padding is in play
+    as_t, _ = nn.run(ids, ["resid"], valid, as_tensors=True)
+    assert isinstance(as_t["resid"], torch.Tensor) and as_t["resid"].dtype == torch.float32
     ref, ref_logits = hf.run(ids, ["resid", "attn_pattern"], valid)
     acts, logits = nn.run(ids, list(nn.sites), valid)
     for site in ("resid", "attn_pattern"):

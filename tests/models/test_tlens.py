@@ -1,4 +1,5 @@
-"""The ``tlens:`` adapter on a tiny random HookedTransformer built and saved here (no network).
+"""The ``tlens:`` adapter on a tiny random HookedTransformer built and saved here (no network):
+the legacy path, TransformerLens 2.x-3.x (TransformerLens 4: ``test_tlens_bridge.py``).
 
 Every activation is compared with TransformerLens's own ``run_with_cache`` hook values, on the
 model as built (processing off) and on a reference that TransformerLens itself processes (the
@@ -20,9 +21,9 @@ try:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from transformer_lens import HookedTransformer as _HT  # noqa: F401
-except ImportError:  # TransformerLens 4 removed it; the tlens extra pins <4
-    pytest.skip("this TransformerLens has no HookedTransformer (the tlens extra pins transformer-lens<4)",
-                allow_module_level=True)
+except ImportError:  # TransformerLens 4 removed it: tests/models/test_tlens_bridge.py covers 4.x
+    pytest.skip("the HookedTransformer path needs TransformerLens < 4 (the legacy command: pip install "
+                "'transformer-lens<4', then pytest tests/models/test_tlens.py)", allow_module_level=True)
 
 import torch  # noqa: E402
 

@@ -19,7 +19,7 @@ class ToyAdapter:
     scheme = "toy"
     #: what every toy model can do; an instance adds what its config allows (``tokens``, ``heads``,
     #: ``weights``, ``patching``: a transformer with token inputs)
-    capabilities = frozenset({"differentiable", "task"})
+    capabilities = frozenset({"differentiable", "task", "tensors"})
 
     def __init__(self, model, ckpt, spec: str, *, random_init: bool, init_seed: int, device: str):
         self.model, self.ckpt, self.spec = model, ckpt, spec
@@ -112,7 +112,9 @@ class ToyAdapter:
         """The model as a torch function of its inputs (token ids or continuous vectors), gradients kept."""
         return self.model(x)
 
-    def run(self, inputs: np.ndarray, sites: list[str]):
+    def run(self, inputs: np.ndarray, sites: list[str], *, as_tensors: bool = False):
+        """Activations ``{site: [b, layer, pos, d]}`` and outputs ``[b, pos, d_out]``: float32 numpy,
+        or (``as_tensors``) torch tensors on the model's device in its dtype."""
         import torch
 
         unknown = [s for s in sites if s not in self.hook_names]
@@ -125,11 +127,11 @@ class ToyAdapter:
         x = torch.as_tensor(inputs, device=self.device)
         x = x.float() if self.ckpt.config.input_kind == "continuous" else x.long()
         out = run_with_hooks(lambda: self.model(x), hooks)
-        acts = {
-            site: torch.stack([captured[(site, l)] for l in range(len(self.hook_names[site]))], 1).float().cpu().numpy()
-            for site in sites
-        }
-        return acts, out.float().cpu().numpy()
+        acts = {site: torch.stack([captured[(site, l)] for l in range(len(self.hook_names[site]))], 1)
+                for site in sites}
+        if as_tensors:
+            return acts, out
+        return {site: a.float().cpu().numpy() for site, a in acts.items()}, out.float().cpu().numpy()
 
     def token_logits(self, ids, valid, keep=None):
         """Logits ``[batch, pos, vocab]`` of token ids (a torch tensor on the device), or only at ``keep``."""

@@ -70,15 +70,15 @@ def test_overwrite_with_a_request_that_fails_leaves_the_store(fails, bad):
 def test_overwrite_that_fails_mid_run_leaves_the_old_store_intact(workdir, monkeypatch, capsys):
     from probekit.cache import writer
     calls = {"n": 0}
-    real = writer.to_store_dtype
+    real = writer.BlockWriter._compute
 
-    def flaky(site, acts, dtype):  # the preflight casts once; fail on the second real block
+    def flaky(self, adapter, s0, s1):  # fail on the second block
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 1:
             raise OSError("disk on fire")
-        return real(site, acts, dtype)
+        return real(self, adapter, s0, s1)
 
-    monkeypatch.setattr(writer, "to_store_dtype", flaky)
+    monkeypatch.setattr(writer.BlockWriter, "_compute", flaky)
     before = snapshot(workdir)
     code = run(["cache", "--model", "toy:model", "--out", "store.zarr", "-n", "60", "--block", "10",
                 "--batch-size", "10", "--overwrite"])
