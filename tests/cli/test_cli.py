@@ -63,7 +63,7 @@ def test_plugins_command(capsys):
         (["train", "--task", "lsd", "--out", "x"], "error: unknown task 'lsd'; choose from: affine-prompts, coin, "),
         (["train", "--model", "big", "--out", "x"], "error: unknown model preset 'big'; choose from: attn-only, linear, lsa, lsa-recurrent, softmax"),
         (["train", "-p", "dimm=3", "--out", "x"], "error: unknown parameter 'dimm'; choose from: clip, dim, length, sigma"),
-        (["cache", "--model", "gpt:foo", "--out", "x.zarr"], "error: unknown model scheme 'gpt'; choose from: hf, tlens, torch, toy"),
+        (["cache", "--model", "gpt:foo", "--out", "x.zarr"], "error: unknown model scheme 'gpt'; choose from: hf, nnsight, tlens, torch, toy"),
         (["cache", "--model", "toy", "--out", "x.zarr"], "error: model spec 'toy' must look like <scheme>:<name or path>"),
         (["cache", "--model", "toy:/nonexistent/ckpt", "--out", "x.zarr"], "error: /nonexistent/ckpt is not a probekit toy checkpoint"),
         (["probe", "/nonexistent.zarr", "-H", "rls"], "error: no store at /nonexistent.zarr"),

@@ -73,7 +73,7 @@ def test_unknown_names_list_the_choices(host):
         host.hypotheses.get("rsl")
     with pytest.raises(UnknownNameError, match=r"unknown task 'lsd'; choose from: lds"):
         host.tasks.get("lsd")
-    with pytest.raises(UnknownNameError, match=r"unknown model scheme 'gpt'; choose from: hf, tlens, torch, toy"):
+    with pytest.raises(UnknownNameError, match=r"unknown model scheme 'gpt'; choose from: hf, nnsight, tlens, torch, toy"):
         host.models.get("gpt")
 
 
@@ -99,7 +99,7 @@ def test_a_plugin_that_raises_in_its_hook_is_a_plugin_error():
 def test_pinning_with_the_environment(monkeypatch):
     monkeypatch.setenv("PROBEKIT_LOAD_PLUGINS", "")
     host = PluginHost(get_plugin_manager())
-    assert host.hypotheses.names() == [] and host.models.names() == ["hf", "tlens", "torch", "toy"]  # core defaults always load
+    assert host.hypotheses.names() == [] and host.models.names() == ["hf", "nnsight", "tlens", "torch", "toy"]  # core defaults always load
     monkeypatch.setenv("PROBEKIT_LOAD_PLUGINS", "rls,nope")
     with pytest.warns(ProbekitWarning, match="names plugin 'nope', which is not installed"):
         host = PluginHost(get_plugin_manager())
