@@ -5,6 +5,8 @@ an array once (cached) and a rewritten store is never read through a stale handl
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -49,16 +51,69 @@ def source(store: Store, group: str | None, site: str, checkpoint: int | None = 
     return (str(store.path), group, site, (store.path / rel).stat().st_mtime_ns, checkpoint)
 
 
+class ChunkCache:
+    """Decoded chunks kept in memory, least recently used first out, up to ``budget`` bytes.
+
+    A probe reads each layer in several passes (the shift, the fold statistics, the held-out
+    scores) and once per group of targets; with the layer's chunks kept here, a layer that fits
+    is read from the store once. ``budget = 0`` streams every read from the store (memory then
+    stays at one block whatever the store's size)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.bytes, self._items = int(budget), 0, OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key, value: np.ndarray) -> None:
+        if value.nbytes > self.budget:
+            return
+        with self._lock:
+            value.flags.writeable = False  # shared by every reader: never modified in place
+            self._items[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.budget:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+    def resize(self, budget: int) -> None:
+        with self._lock:
+            self.budget = int(budget)
+            while self.bytes > self.budget and self._items:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
+
+
+READ_CACHE = ChunkCache(256 * 2**20)  # per process; ProbeSettings.read_cache_mb sets it for a probe run
+
+
 def read(src: tuple, layer: int, s0: int, s1: int) -> np.ndarray:
-    """One chunk: activations ``[s1 - s0, pos, feature]`` of one layer, as float32. A chunk zarr
-    cannot decode (crc32c mismatch, truncated) is a :class:`StoreError` naming it."""
+    """One chunk: activations ``[s1 - s0, pos, feature]`` of one layer, as float32 (read-only:
+    it may be shared through :data:`READ_CACHE`). A chunk zarr cannot decode (crc32c mismatch,
+    truncated) is a :class:`StoreError` naming it."""
+    key = (src, layer, s0, s1)
+    hit = READ_CACHE.get(key)
+    if hit is not None:
+        return hit
     arr = _array(*src)
     try:
-        return np.asarray(arr[s0:s1, layer], dtype=np.float32)
+        out = np.asarray(arr[s0:s1, layer], dtype=np.float32)
     except (ValueError, RuntimeError, OSError, TypeError) as exc:
         from probekit.store.integrity import read_error
 
         raise read_error(arr, layer, s0, s1, exc) from exc
+    READ_CACHE.put(key, out)
+    return out
 
 
 def accumulate_block(src, layer, s0, s1, mask, y, fold, n_folds, shift, per_pos, device="cpu") -> dict:

@@ -31,7 +31,7 @@ from probekit.errors import StoreError, UnknownNameError, UsageError
 from probekit.plugin.registry import construct
 from probekit.probes import scoring
 from probekit.probes.baselines import shuffled_layer
-from probekit.probes.blocks import source, view
+from probekit.probes.blocks import READ_CACHE, source, view
 from probekit.probes.executors import SerialExecutor
 from probekit.probes.logistic import categorical_layer
 from probekit.probes.passes import column_slices, probe_layer
@@ -64,11 +64,13 @@ class ProbeSettings:
     per_pos: bool = False  # also fit a separate probe at every position
     device: str = "cpu"
     options: dict = field(default_factory=dict)  # hypothesis options
+    read_cache_mb: int = 256  # decoded chunks kept per process: a layer that fits is read once (0: stream)
 
     def __post_init__(self):
         checks = [(self.n_folds >= 3, f"folds must be >= 3, got {self.n_folds} (nested CV: alpha is chosen by an "
                                       "inner CV over the other folds)"),
                   (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
+                  (self.read_cache_mb >= 0, f"read_cache_mb must be >= 0, got {self.read_cache_mb}"),
                   (self.n_perm >= 1, f"n_perm must be >= 1, got {self.n_perm}"),
                   (self.n_perm_categorical >= 1, f"n_perm_categorical must be >= 1, got {self.n_perm_categorical}"),
                   (0 < self.ci_level < 1, f"ci_level must be in (0, 1), got {self.ci_level}"),
@@ -134,10 +136,14 @@ def run_probe(host, store_path, hypothesis: str, settings: ProbeSettings | None 
     job = _plan(store, ds, tds, names, sites, settings, executor)
     tick = _ticker(on_progress, len(job.ckpts) * len(job.conditions) * sum(job.n_stored.values()))
     parts = []
-    for kc in job.ckpts:  # a checkpoint store: the same engine on each checkpoint's activations in turn
-        out, r2_pos, r2_per_pos = _probe_checkpoint(job, kc, tick)
-        parts.append(results_dataset(out, r2_pos, r2_per_pos, job.conditions, sites, job.n_layers, names, tds,
-                                     ds.sizes[schema.POS], hypothesis, hyp, store, settings))
+    READ_CACHE.resize(settings.read_cache_mb * 2**20)
+    try:
+        for kc in job.ckpts:  # a checkpoint store: the same engine on each checkpoint's activations in turn
+            out, r2_pos, r2_per_pos = _probe_checkpoint(job, kc, tick)
+            parts.append(results_dataset(out, r2_pos, r2_per_pos, job.conditions, sites, job.n_layers, names, tds,
+                                         ds.sizes[schema.POS], hypothesis, hyp, store, settings))
+    finally:
+        READ_CACHE.clear()  # the decoded chunks go with the run
     results = parts[0] if job.ckpts[0] is None else stack_checkpoints(parts, ds)
     if not write:
         return results, None

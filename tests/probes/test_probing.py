@@ -174,7 +174,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
     host = PluginHost(get_plugin_manager(pin=["rls"], plugins=[Plugin()]))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run_probe(host, sys.argv[1], "first-input", ProbeSettings(n_folds=3, n_boot=0, baselines=False))
+    run_probe(host, sys.argv[1], "first-input", ProbeSettings(n_folds=3, n_boot=0, baselines=False, read_cache_mb=0))
     print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)
 
