@@ -23,6 +23,7 @@ from probekit.cache.request import OUTPUT_DESCRIPTIONS, CacheRequest, describe_d
 from probekit.errors import DataError, StoreError, UnknownNameError, UsageError
 from probekit.store import schema
 from probekit.store.ids import utc_stamp
+from probekit.store.manifest import PART_SUFFIX
 from probekit.store.zarr_store import Store
 
 __all__ = ["CacheRequest", "run_cache"]
@@ -169,7 +170,9 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
     work = plan.make_plan(req, adapter, task.io.seq_len, None if store.remote else store.path, resuming)
     if on_start:
         on_start(work)
-    for leftover in store.path.rglob("*.partial") if not store.remote and store.path.exists() else []:
+    leftovers = [p for pattern in ("*.partial", "*" + PART_SUFFIX) for p in store.path.rglob(pattern)] \
+        if not store.remote and store.path.exists() else []
+    for leftover in leftovers:
         leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
     if resuming:
         old = Store.open(store).attrs().get("request", {})

@@ -23,6 +23,8 @@ ARRAY = "done"
 _CREATING = threading.Lock()
 
 
+PART_SUFFIX = ".part"  # zarr writes each key to <key>.<uuid>.part, then renames it into place
+
 def grid(attrs: dict) -> tuple[int, ...] | None:
     """The shape of the units grid: ``(n_blocks,)`` or ``(n_checkpoints, n_blocks)``."""
     n, block = attrs.get("n_samples"), attrs.get(schema.BLOCK_ATTR)
@@ -70,6 +72,8 @@ def marked(node) -> set:
 
     units = set()
     for key in sync(listing()):
+        if key.endswith(PART_SUFFIX):  # a marker write a kill interrupted: that unit is not finished
+            continue
         parts = key[len(prefix):].split("/")
         if not all(p.isdigit() for p in parts) or len(parts) not in (1, 2):
             raise ValueError(f"{GROUP} holds the object {key[len(prefix):][:40]!r}, not a sample block "

@@ -39,6 +39,21 @@ def test_marking_a_block_writes_one_small_object_and_resume_reads_the_markers(tm
     assert store.is_complete()
 
 
+def test_a_marker_write_cut_by_a_kill_is_not_a_finished_block_and_resume_clears_it(tmp_path, host, tiny_checkpoint):
+    """zarr writes each key to ``<key>.<uuid>.part`` and renames it: a kill in between leaves the
+    ``.part`` file. It is not a marker (the store is not damaged) and the resume removes it."""
+    full = run_cache(host, _req(tiny_checkpoint, tmp_path / "full.zarr"))
+    store = run_cache(host, _req(tiny_checkpoint, tmp_path / "s.zarr"))
+    markers = tmp_path / "s.zarr" / "probekit_manifest" / "done" / "c"
+    (markers / "4").unlink()
+    cut = markers / "4.4e74f818d535401e982f0cc620631b74.part"
+    cut.write_bytes(b"\x01")
+    assert store.blocks_done() == set(range(9)) - {4} and not store.is_complete()
+    resumed = run_cache(host, _req(tiny_checkpoint, tmp_path / "s.zarr"))
+    assert resumed.is_complete() and not cut.exists()
+    assert full.dataset().resid.values.tobytes() == resumed.dataset().resid.values.tobytes()
+
+
 def test_a_store_with_the_legacy_blocks_done_list_still_resumes(tmp_path, host, tiny_checkpoint):
     import shutil
 
