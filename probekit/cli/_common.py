@@ -53,8 +53,11 @@ def progress(description: str, total: int, unit: str = "it", *, enabled: bool = 
     """A rich progress bar on stderr with rate and ETA; yields ``update(completed, **fields)``.
 
     The bar appears at the first update, so a command that fails while validating
-    its input prints only its one-line error.
+    its input prints only its one-line error; a disabled bar prints nothing at all.
     """
+    if not enabled:
+        yield lambda *args, **kwargs: None
+        return
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
