@@ -275,15 +275,9 @@ def _remove(path: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from probekit.store.lock import pid_alive  # the writer lock's own liveness test
+
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def _zarr_meta(path: Path) -> dict | None:
