@@ -3,8 +3,8 @@
 from probekit._moved import forward
 
 _MOVED = {  # names that left probekit.probes.run when it was split
-    "SerialExecutor": "probekit.probes.executors", "DaskExecutor": "probekit.probes.executors",
-    "dask_executor": "probekit.probes.executors", "CheckpointView": "probekit.probes.blocks",
+    "SerialExecutor": "probekit.executors", "DaskExecutor": "probekit.executors",
+    "dask_executor": "probekit.executors", "CheckpointView": "probekit.probes.blocks",
     "permuted_targets": "probekit.probes.baselines", "stratified_permutations": "probekit.probes.baselines",
 }
 

@@ -31,7 +31,7 @@ __all__ = ["CacheRequest", "run_cache"]
 
 def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
               on_progress: Callable[[str, int, int], None] | None = None,
-              on_start: Callable[[dict], None] | None = None) -> Store:
+              on_start: Callable[[dict], None] | None = None, executor=None) -> Store:
     """Cache ``req.sites`` of ``req.model`` on ``req.n_samples`` task samples into ``req.out``
     (with ``req.checkpoints``: through every checkpoint found there, into a ``checkpoint`` dim).
 
@@ -46,6 +46,9 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
     after every block (with checkpoints, samples count once per checkpoint). Before each
     call ``plan["written"]`` is updated: the samples, tokens (valid positions) and bytes
     this run has written so far, for honest rates on a resumed run.
+
+    With ``executor`` (a :class:`~probekit.executors.DaskExecutor`) the blocks are computed and
+    written by the cluster's workers (:mod:`probekit.cache.distributed`); the store is the same.
     """
     from probekit import outputs
 
@@ -58,10 +61,11 @@ def run_cache(host, req: CacheRequest, *, overwrite: bool = False,
         outputs.clear_leftovers(where)  # what killed runs left beside the store
         if replace:
             with outputs.replacing(where) as stage:
-                _run(host, dataclasses.replace(req, out=str(stage)), task, adapter, refs, True, on_progress, on_start)
+                _run(host, dataclasses.replace(req, out=str(stage)), task, adapter, refs, True, on_progress, on_start,
+                     executor)
             return Store(store.path, req.storage_options)
         try:
-            return _run(host, req, task, adapter, refs, False, on_progress, on_start)
+            return _run(host, req, task, adapter, refs, False, on_progress, on_start, executor)
         except Exception as exc:
             if not _any_block_done(store):
                 raise  # and made_here removes what it made
@@ -160,7 +164,7 @@ def _any_block_done(store: Store) -> bool:
         return False
 
 
-def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress, on_start) -> Store:
+def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress, on_start, executor=None) -> Store:
     """Create (``fresh``, or when absent) or resume the store at ``req.out`` and fill it."""
     from probekit.models.adapters import load_adapter
     from probekit.models.capabilities import has
@@ -170,10 +174,7 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
     work = plan.make_plan(req, adapter, task.io.seq_len, None if store.remote else store.path, resuming)
     if on_start:
         on_start(work)
-    leftovers = [p for pattern in ("*.partial", "*" + PART_SUFFIX) for p in store.path.rglob(pattern)] \
-        if not store.remote and store.path.exists() else []
-    for leftover in leftovers:
-        leftover.unlink()  # a write interrupted by a kill; its block is not in the manifest
+    _clear_partial_writes(store)
     if resuming:
         old = Store.open(store).attrs().get("request", {})
         diff = describe_difference(old, req.identity())
@@ -186,7 +187,12 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
     base = Store.open(store).dataset()
     inputs = np.asarray(base[task.io.input_var].values)
     valid = np.asarray(base["valid"].values) if "valid" in base else None
-    fill = writer.BlockWriter(store, req, inputs, valid, on_progress, work["written"])
+    if executor is not None:
+        from probekit.cache.distributed import ClusterWriter
+
+        fill = ClusterWriter(executor, store, req, task.io.input_var, on_progress, work["written"])
+    else:
+        fill = writer.BlockWriter(store, req, inputs, valid, on_progress, work["written"])
     if refs:
         _fill_checkpoints(host, fill, refs, base, adapter)
     else:
@@ -198,8 +204,19 @@ def _run(host, req: CacheRequest, task, adapter, refs, fresh: bool, on_progress,
         if not store.has_group(schema.RANDOM_INIT_GROUP):
             _create_group(store, req, rand, schema.RANDOM_INIT_GROUP, inputs.shape[1])
         fill(rand, schema.RANDOM_INIT_GROUP)
+    fill.finish()
+    _clear_partial_writes(store)  # what workers lost mid-write left (their units were rerun)
     store.consolidate()
     return store
+
+
+def _clear_partial_writes(store: Store) -> None:
+    """Remove writes a kill interrupted (zarr's ``<key>.<uuid>.partial``): their blocks are not in
+    the manifest, so they are rewritten."""
+    if store.remote or not store.path.exists():
+        return
+    for leftover in list(store.path.rglob("*" + PART_SUFFIX)):
+        leftover.unlink(missing_ok=True)
 
 
 def _resolve_checkpoints(req: CacheRequest):
@@ -247,7 +264,9 @@ def _fill_checkpoints(host, fill, refs, base, last) -> None:
         if adapter.provenance()["model_hash"] != hashes[ci]:
             raise StoreError(f"checkpoint {ref.path} has changed since {fill.store.path} was started (its weights "
                              "hash differs); use --overwrite to start again")
-        fill(adapter, None, unit=(ci, len(refs), f"step {ref.step}"))
+        from probekit.cache.distributed import ModelRef
+
+        fill(adapter, None, unit=(ci, len(refs), f"step {ref.step}"), model=ModelRef(ref.spec))
 
 
 def _create(store: Store, req: CacheRequest, task, adapter, ckpt_coords: dict | None) -> None:

@@ -61,16 +61,18 @@ class BlockWriter:
     written together, so a shard object is written once, whole)."""
 
     def __init__(self, store: Store, req: CacheRequest, inputs: np.ndarray, valid: np.ndarray | None,
-                 on_progress, written: dict):
+                 on_progress, written: dict, offset: int = 0):
+        """``inputs`` (and ``valid``) hold samples ``offset:offset + len(inputs)`` of the store."""
         import threading
 
-        self.store, self.req, self.inputs, self.valid = store, req, inputs, valid
+        self.store, self.req, self.inputs, self.valid, self.offset = store, req, inputs, valid, offset
         self.on_progress, self.written = on_progress, written
         self.lock = threading.Lock()
         self.peak_inflight = 0  # the most blocks computed but not yet written (checked by the tests)
 
-    def __call__(self, adapter, group: str | None, unit: tuple[int, int, str] | None = None) -> None:
-        """``unit = (checkpoint index, number of checkpoints, phase)`` writes one checkpoint's slice."""
+    def __call__(self, adapter, group: str | None, unit: tuple[int, int, str] | None = None, model=None) -> None:
+        """``unit = (checkpoint index, number of checkpoints, phase)`` writes one checkpoint's slice.
+        (``model``, how a worker would load ``adapter``, is for :class:`~probekit.cache.distributed.ClusterWriter`.)"""
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
@@ -99,14 +101,11 @@ class BlockWriter:
             while pending:
                 retire(True)
 
+    def finish(self) -> None:
+        """Every call above has written its blocks when it returns: nothing is left to wait for."""
+
     def _todo(self, done: set, ci, block: int, step: int):
-        """``(s0, s1, block indices)`` of each write unit (a block, or a shard) with a block not done."""
-        n = self.req.n_samples
-        for s0 in range(0, n, step):
-            s1 = min(n, s0 + step)
-            blocks = range(s0 // block, -(-s1 // block))
-            if any((b if ci is None else (ci, b)) not in done for b in blocks):
-                yield s0, s1, blocks
+        return write_units(self.req.n_samples, done, ci, block, step)
 
     def _compute(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray]:
         """Samples ``s0:s1`` through the model in batches, cast and shaped as the store holds them:
@@ -119,9 +118,10 @@ class BlockWriter:
 
     def _batches(self, s0: int, s1: int):
         """``(i, j, run keywords)`` of each batch of samples ``s0:s1``."""
+        off = self.offset
         for i in range(s0, s1, self.req.batch_size):
             j = min(s1, i + self.req.batch_size)
-            yield i, j, {} if self.valid is None else {"valid": self.valid[i:j]}
+            yield i, j, {} if self.valid is None else {"valid": self.valid[i - off:j - off]}
 
     def _compute_tensors(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray] | None:
         """:meth:`_compute` through :class:`~probekit.cache.staging.HostBlock` (None: not finite)."""
@@ -130,7 +130,8 @@ class BlockWriter:
         req, host, out_key = self.req, HostBlock(s1 - s0), "\0outputs"
         want_out = parse_logits(req.logits) != 0
         for i, j, kw in self._batches(s0, s1):
-            acts, out = adapter.run(self.inputs[i:j], list(req.sites), as_tensors=True, **kw)
+            rows = self.inputs[i - self.offset:j - self.offset]
+            acts, out = adapter.run(rows, list(req.sites), as_tensors=True, **kw)
             for site in req.sites:
                 host.add(site, acts[site], i - s0, req.dtype)
             if want_out:
@@ -145,7 +146,9 @@ class BlockWriter:
 
     def _compute_numpy(self, adapter, s0: int, s1: int) -> dict[str, np.ndarray]:
         req = self.req
-        parts = [adapter.run(self.inputs[i:j], list(req.sites), **kw) for i, j, kw in self._batches(s0, s1)]
+        off = self.offset
+        parts = [adapter.run(self.inputs[i - off:j - off], list(req.sites), **kw)
+                 for i, j, kw in self._batches(s0, s1)]
         blocks = {}
         for site in req.sites:
             blocks[site] = to_store_dtype(site, np.concatenate([p[0][site] for p in parts]), req.dtype)
@@ -163,6 +166,17 @@ class BlockWriter:
         valid, T = self.valid, self.inputs.shape[1]
         with self.lock:
             self.written["samples"] += s1 - s0
-            self.written["tokens"] += int(valid[s0:s1].sum()) if valid is not None else (s1 - s0) * T
+            self.written["tokens"] += int(valid[s0 - self.offset:s1 - self.offset].sum()) if valid is not None \
+                else (s1 - s0) * T
             self.written["bytes"] += sum(int(d.nbytes) for d in data.values())
         return s1
+
+
+def write_units(n_samples: int, done: set, ci, block: int, step: int):
+    """``(s0, s1, block indices)`` of each write unit (a block, or a shard of ``step`` samples) of
+    ``n_samples`` with a block not in ``done`` (of checkpoint ``ci``, when not None)."""
+    for s0 in range(0, n_samples, step):
+        s1 = min(n_samples, s0 + step)
+        blocks = range(s0 // block, -(-s1 // block))
+        if any((b if ci is None else (ci, b)) not in done for b in blocks):
+            yield s0, s1, blocks

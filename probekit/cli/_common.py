@@ -206,3 +206,33 @@ def parse_storage_options(items: list[str] | None) -> dict | None:
                 raise UsageError(f"--storage-option {item!r}: {part} is already given a value")
         node[last] = value
     return out
+
+
+def dask_option(what: str):
+    return typer.Option(False, "--dask", help=f"{what} on a dask cluster (a local one of --workers processes).")
+
+
+def scheduler_option():
+    return typer.Option(None, help="Address of a running dask scheduler, e.g. tcp://host:8786 (implies --dask).")
+
+
+def workers_option():
+    return typer.Option(2, min=1, help="Worker processes of the local dask cluster (--dask).")
+
+
+def parse_resources(items: list[str] | None) -> dict | None:
+    """``["GPU=1"]`` -> ``{"GPU": 1.0}``: dask resources each job holds on its worker."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        try:
+            amount = float(raw)
+        except ValueError:
+            amount = float("nan")
+        if not sep or not key.strip() or not (amount > 0 and amount != float("inf")):
+            raise UsageError(f"--worker-resources {item!r} is not of the form NAME=AMOUNT (AMOUNT > 0), "
+                             "e.g. GPU=1")
+        out[key.strip()] = amount
+    return out

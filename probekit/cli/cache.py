@@ -9,8 +9,9 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import (parse_storage_options, print_json, progress, stderr_console, storage_option,
-                                  threads_option, use_threads)
+from probekit.cli._common import (dask_option, parse_resources, parse_storage_options, print_json, progress,
+                                  scheduler_option, stderr_console, storage_option, threads_option, use_threads,
+                                  workers_option)
 from probekit.errors import UsageError
 
 
@@ -52,6 +53,12 @@ def cache(
     logits: str = typer.Option("keep", "--logits", help="Model output per position: keep (model_out), skip, or "
                                "topk:K (the K largest values and their indices)."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    dask: bool = dask_option("Compute and write the blocks"),
+    scheduler: Optional[str] = scheduler_option(),
+    workers: int = workers_option(),
+    worker_resources: Optional[List[str]] = typer.Option(
+        None, "--worker-resources", help="dask resources each block holds on its worker, NAME=AMOUNT (repeatable), "
+        "e.g. GPU=1 for one model per GPU on workers started with --resources GPU=1."),
     storage: Optional[List[str]] = storage_option(),
     threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
@@ -83,8 +90,17 @@ def cache(
                        text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype,
                        checkpoints=checkpoints, logits=logits,
                        storage_options=parse_storage_options(storage))
+    resources = parse_resources(worker_resources)
+    if resources and not (dask or scheduler):
+        raise UsageError("--worker-resources needs --dask or --scheduler")
     started = time.perf_counter()
-    store = _run(host, req, overwrite=overwrite, console=None if as_json else err)
+    import contextlib
+
+    from probekit.executors import dask_executor
+
+    cluster = dask_executor(scheduler, workers, resources) if (dask or scheduler) else contextlib.nullcontext(None)
+    with cluster as executor:
+        store = _run(host, req, overwrite=overwrite, console=None if as_json else err, executor=executor)
     summary = cache_summary(store, time.perf_counter() - started)
     if as_json:
         print_json(summary)
@@ -92,7 +108,7 @@ def cache(
         err.print(cache_summary_line(summary))
 
 
-def _run(host, req, *, overwrite: bool, console):
+def _run(host, req, *, overwrite: bool, console, executor=None):
     """:func:`probekit.cache.run.run_cache` with a progress bar and the size estimate on ``console``
     (none: quiet, for --json)."""
     from probekit.cache.run import run_cache
@@ -113,7 +129,8 @@ def _run(host, req, *, overwrite: bool, console):
             done = done + (n if phase == "random-init" else 0)
             update(done, info=f"{phase} · {rates(plan)}", total=n * factor)
 
-        return run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start)
+        return run_cache(host, req, overwrite=overwrite, on_progress=on_progress, on_start=on_start,
+                         executor=executor)
 
 
 def rates(plan: dict) -> str:

@@ -8,8 +8,9 @@ from typing import List, Optional
 import typer
 
 from probekit.cli import app
-from probekit.cli._common import (parse_options, parse_storage_options, print_json, progress, stderr_console,
-                                  stdout_console, storage_option, threads_option, use_threads)
+from probekit.cli._common import (dask_option, parse_options, parse_storage_options, print_json, progress,
+                                  scheduler_option, stderr_console, stdout_console, storage_option, threads_option,
+                                  use_threads, workers_option)
 
 
 def default_plot_path(store, hypothesis: str) -> Path:
@@ -37,9 +38,9 @@ def probe(
     null_model: bool = typer.Option(True, "--null-model/--no-null-model",
                                     help="Let the nested CV choose the intercept-only model (alpha inf, R² 0)."),
     device: str = typer.Option("cpu", help="Device of the probe arithmetic: cpu or cuda."),
-    dask: bool = typer.Option(False, "--dask", help="Sum per-chunk statistics on a dask cluster."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler (implies --dask)."),
-    workers: int = typer.Option(2, min=1, help="Worker processes of the local dask cluster."),
+    dask: bool = dask_option("Sum per-chunk statistics"),
+    scheduler: Optional[str] = scheduler_option(),
+    workers: int = workers_option(),
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default: next to the store)."),
     storage: Optional[List[str]] = storage_option(),
     threads: int = threads_option(),
@@ -50,7 +51,7 @@ def probe(
     import contextlib
 
     from probekit.plugin.host import PluginHost
-    from probekit.probes.executors import dask_executor
+    from probekit.executors import dask_executor
     from probekit.probes.run import ProbeSettings, run_probe
     from probekit.report.probes import best_target, checkpoint_table, results_json, results_table
 

@@ -23,7 +23,7 @@ ARRAY = "done"
 _CREATING = threading.Lock()
 
 
-PART_SUFFIX = ".part"  # zarr writes each key to <key>.<uuid>.part, then renames it into place
+PART_SUFFIX = ".partial"  # zarr (>= 3.1.3) writes each key to <key>.<uuid>.partial, then renames it into place
 
 def grid(attrs: dict) -> tuple[int, ...] | None:
     """The shape of the units grid: ``(n_blocks,)`` or ``(n_checkpoints, n_blocks)``."""

@@ -40,13 +40,13 @@ def test_marking_a_block_writes_one_small_object_and_resume_reads_the_markers(tm
 
 
 def test_a_marker_write_cut_by_a_kill_is_not_a_finished_block_and_resume_clears_it(tmp_path, host, tiny_checkpoint):
-    """zarr writes each key to ``<key>.<uuid>.part`` and renames it: a kill in between leaves the
-    ``.part`` file. It is not a marker (the store is not damaged) and the resume removes it."""
+    """zarr writes each key to ``<key>.<uuid>.partial`` and renames it: a kill in between leaves the
+    ``.partial`` file. It is not a marker (the store is not damaged) and the resume removes it."""
     full = run_cache(host, _req(tiny_checkpoint, tmp_path / "full.zarr"))
     store = run_cache(host, _req(tiny_checkpoint, tmp_path / "s.zarr"))
     markers = tmp_path / "s.zarr" / "probekit_manifest" / "done" / "c"
     (markers / "4").unlink()
-    cut = markers / "4.4e74f818d535401e982f0cc620631b74.part"
+    cut = markers / "4.4e74f818d535401e982f0cc620631b74.partial"
     cut.write_bytes(b"\x01")
     assert store.blocks_done() == set(range(9)) - {4} and not store.is_complete()
     resumed = run_cache(host, _req(tiny_checkpoint, tmp_path / "s.zarr"))

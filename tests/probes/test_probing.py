@@ -123,7 +123,7 @@ def test_signal_has_a_tight_ci_and_per_position_scores(tiny_store, host):
 
 def test_dask_path_equals_the_in_memory_path(tiny_store, host):
     pytest.importorskip("distributed")
-    from probekit.probes.executors import dask_executor
+    from probekit.executors import dask_executor
 
     settings = ProbeSettings(n_folds=3, n_boot=200, targets=("current_state", "rls_pred", "precond"))
     local, _ = run_probe(host, tiny_store, "rls", settings)

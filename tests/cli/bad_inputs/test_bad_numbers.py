@@ -108,7 +108,7 @@ def test_zero_dask_workers_fail_before_a_cluster_starts(fails, monkeypatch):
     def no_cluster(*args, **kwargs):
         raise AssertionError("a dask cluster was started")
 
-    monkeypatch.setattr("probekit.probes.executors.dask_executor", no_cluster)
+    monkeypatch.setattr("probekit.executors.dask_executor", no_cluster)
     fails(2, *PROBE, "--dask", "--workers", "0", match="--workers")
 
 

@@ -1,10 +1,11 @@
 """Where block jobs run: in this process (:class:`SerialExecutor`) or on a dask.distributed
 cluster (:class:`DaskExecutor`, made by :func:`dask_executor`). Both map a function over jobs
-and sum results as they come, so probing gives the same numbers on either."""
+and sum results as they come, so probing gives the same numbers on either; the cache hands its
+write units to :meth:`DaskExecutor.as_completed` (:mod:`probekit.cache.distributed`)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 from probekit.errors import UsageError
 
@@ -25,10 +26,12 @@ class SerialExecutor:
 
 
 class DaskExecutor:
-    """Runs block jobs on a dask.distributed cluster; each worker reads its own chunks."""
+    """Runs block jobs on a dask.distributed cluster; each worker reads its own chunks.
+    ``resources`` (e.g. ``{"GPU": 1}``) are what each job holds on its worker while it runs:
+    dask runs a job only on a worker started with them (``dask worker --resources GPU=1``)."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, client, resources: dict | None = None):
+        self.client, self.resources = client, dict(resources or {})
 
     def map(self, fn: Callable, jobs: list[tuple]) -> list:
         futures = [self.client.submit(fn, *job, pure=False) for job in jobs]
@@ -45,10 +48,25 @@ class DaskExecutor:
             total = part if total is None else reduce(total, part)
         return total
 
+    def as_completed(self, fn: Callable, jobs: list[tuple]) -> Iterator:
+        """Submit every job at once and yield ``(job, result)`` as each finishes. A job whose worker
+        dies is rerun elsewhere by dask (up to ``distributed.scheduler.allowed-failures`` times);
+        an error in a job cancels the rest and is raised here."""
+        from dask.distributed import as_completed
 
-def dask_executor(scheduler: str | None = None, workers: int = 2):
+        futures = {self.client.submit(fn, *job, pure=False, resources=self.resources or None): job for job in jobs}
+        try:
+            for future in as_completed(list(futures)):
+                yield futures[future], future.result()
+                future.release()
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+
+
+def dask_executor(scheduler: str | None = None, workers: int = 2, resources: dict | None = None):
     """A context manager yielding a :class:`DaskExecutor` on ``scheduler`` (an address), or on a
-    new local cluster of ``workers`` single-threaded processes."""
+    new local cluster of ``workers`` single-threaded processes (each given ``resources``, which
+    every job then holds)."""
     import contextlib
 
     try:
@@ -60,10 +78,10 @@ def dask_executor(scheduler: str | None = None, workers: int = 2):
     def _ctx():
         if scheduler:
             with Client(scheduler) as client:
-                yield DaskExecutor(client)
+                yield DaskExecutor(client, resources)
         else:
-            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
-                yield DaskExecutor(client)
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                              resources=resources or None) as cluster, Client(cluster) as client:
+                yield DaskExecutor(client, resources)
 
     return _ctx()
