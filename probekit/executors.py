@@ -11,12 +11,12 @@ from probekit.errors import UsageError
 
 
 class SerialExecutor:
-    """Runs block jobs in this process."""
+    """Runs block jobs in this process. (``place`` is for :class:`DaskExecutor`.)"""
 
-    def map(self, fn: Callable, jobs: list[tuple]) -> list:
+    def map(self, fn: Callable, jobs: list[tuple], place: Callable | None = None) -> list:
         return [fn(*job) for job in jobs]
 
-    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable):
+    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable, place: Callable | None = None):
         """``reduce`` the results as they come: one block's result is held at a time."""
         total = None
         for job in jobs:
@@ -33,16 +33,28 @@ class DaskExecutor:
     def __init__(self, client, resources: dict | None = None):
         self.client, self.resources = client, dict(resources or {})
 
-    def map(self, fn: Callable, jobs: list[tuple]) -> list:
-        futures = [self.client.submit(fn, *job, pure=False) for job in jobs]
-        return self.client.gather(futures)
+    def map(self, fn: Callable, jobs: list[tuple], place: Callable | None = None) -> list:
+        """``fn(*job)`` for each job, in order. ``place(job)`` (any hashable, e.g. the sample block a
+        job reads) sends jobs of one place to one worker, so a later pass over the same blocks
+        finds them in that worker's read cache (another worker takes a job when that one is gone)."""
+        return self.client.gather(self._submit(fn, jobs, place))
 
-    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable):
+    def _submit(self, fn: Callable, jobs: list[tuple], place: Callable | None) -> list:
+        workers = sorted(self.client.scheduler_info()["workers"]) if place is not None else []
+        futures = []
+        for job in jobs:
+            kw = {"pure": False, "resources": self.resources or None}
+            if workers:
+                kw.update(workers=[workers[hash(place(job)) % len(workers)]], allow_other_workers=True)
+            futures.append(self.client.submit(fn, *job, **kw))
+        return futures
+
+    def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable, place: Callable | None = None):
         """Results are fetched and reduced as they complete (any order: the reduction is a sum)."""
         from dask.distributed import as_completed
 
         total = None
-        for future in as_completed([self.client.submit(fn, *job, pure=False) for job in jobs]):
+        for future in as_completed(self._submit(fn, jobs, place)):
             part = future.result()
             future.release()
             total = part if total is None else reduce(total, part)
@@ -54,7 +66,7 @@ class DaskExecutor:
         an error in a job cancels the rest and is raised here."""
         from dask.distributed import as_completed
 
-        futures = {self.client.submit(fn, *job, pure=False, resources=self.resources or None): job for job in jobs}
+        futures = dict(zip(self._submit(fn, jobs, None), jobs))
         try:
             for future in as_completed(list(futures)):
                 yield futures[future], future.result()

@@ -220,6 +220,12 @@ def workers_option():
     return typer.Option(2, min=1, help="Worker processes of the local dask cluster (--dask).")
 
 
+def worker_resources_option():
+    return typer.Option(None, "--worker-resources", help="dask resources each block holds on its worker, "
+                        "NAME=AMOUNT (repeatable), e.g. GPU=1 for one model per GPU on workers started with "
+                        "--resources GPU=1.")
+
+
 def parse_resources(items: list[str] | None) -> dict | None:
     """``["GPU=1"]`` -> ``{"GPU": 1.0}``: dask resources each job holds on its worker."""
     if not items:

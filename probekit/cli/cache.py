@@ -11,7 +11,7 @@ import typer
 from probekit.cli import app
 from probekit.cli._common import (dask_option, parse_resources, parse_storage_options, print_json, progress,
                                   scheduler_option, stderr_console, storage_option, threads_option, use_threads,
-                                  workers_option)
+                                  worker_resources_option, workers_option)
 from probekit.errors import UsageError
 
 
@@ -56,9 +56,7 @@ def cache(
     dask: bool = dask_option("Compute and write the blocks"),
     scheduler: Optional[str] = scheduler_option(),
     workers: int = workers_option(),
-    worker_resources: Optional[List[str]] = typer.Option(
-        None, "--worker-resources", help="dask resources each block holds on its worker, NAME=AMOUNT (repeatable), "
-        "e.g. GPU=1 for one model per GPU on workers started with --resources GPU=1."),
+    worker_resources: Optional[List[str]] = worker_resources_option(),
     storage: Optional[List[str]] = storage_option(),
     threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
@@ -83,29 +81,32 @@ def cache(
 
         params = resolve_task(host, model or _first_checkpoint(checkpoints), None, param,
                               missing=PARAM_NEEDS_TASK).given
-    req = CacheRequest(model=model, out=out if is_url(out) else str(Path(out)), task=task, task_params=params, n_samples=n_samples, seed=seed,
-                       sites=cache_sites(site, err if not as_json else None), dtype=dtype, random_init=random_init,
+    req = CacheRequest(model=model, out=out if is_url(out) else str(Path(out)), task=task, task_params=params,
+                       n_samples=n_samples, seed=seed, sites=cache_sites(site, err if not as_json else None), dtype=dtype, random_init=random_init,
                        batch_size=batch_size, device=device, block=block, inflight=inflight,
                        shard=int(shard) if shard and shard.isdigit() else shard,
                        text=str(text) if text else None, max_len=max_len, model_dtype=model_dtype,
                        checkpoints=checkpoints, logits=logits,
                        storage_options=parse_storage_options(storage))
-    resources = parse_resources(worker_resources)
-    if resources and not (dask or scheduler):
-        raise UsageError("--worker-resources needs --dask or --scheduler")
     started = time.perf_counter()
-    import contextlib
-
-    from probekit.executors import dask_executor
-
-    cluster = dask_executor(scheduler, workers, resources) if (dask or scheduler) else contextlib.nullcontext(None)
-    with cluster as executor:
+    with _cluster(dask, scheduler, workers, parse_resources(worker_resources)) as executor:
         store = _run(host, req, overwrite=overwrite, console=None if as_json else err, executor=executor)
     summary = cache_summary(store, time.perf_counter() - started)
     if as_json:
         print_json(summary)
     else:
         err.print(cache_summary_line(summary))
+
+
+def _cluster(dask: bool, scheduler: str | None, workers: int, resources: dict | None):
+    """The dask cluster the blocks run on (a context manager; yields None without --dask/--scheduler)."""
+    import contextlib
+
+    from probekit.executors import dask_executor
+
+    if resources and not (dask or scheduler):
+        raise UsageError("--worker-resources needs --dask or --scheduler")
+    return dask_executor(scheduler, workers, resources) if (dask or scheduler) else contextlib.nullcontext(None)
 
 
 def _run(host, req, *, overwrite: bool, console, executor=None):

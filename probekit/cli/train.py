@@ -68,22 +68,34 @@ def train(
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
                              checkpoint_every=checkpoint_every, weight_decay=weight_decay, grad_clip=grad_clip,
                              warmup=warmup)
+    continuous = task_obj.io.kind == "continuous"
     with progress(f"train {task}", steps, "steps", enabled=not as_json) as update:
         def on_step(step: int, loss: float) -> None:
             if step % 10 == 0 or step == steps:
-                update(step, info=f"loss {loss:.4g}")
+                update(step, info=f"{'MSE' if continuous else 'cross-entropy'} {loss:.4g}")
 
         path = run_train(task_obj, config, settings, out, device=resolve_device(device), on_step=on_step,
                          overwrite=overwrite)
     from probekit.models.toy.checkpoint import read
 
     info = read(path).training
-    summary = {"checkpoint": str(path), "final_loss": info["final_loss"], "seconds": info["seconds"],
-               "steps_per_second": round(steps / max(info["seconds"], 1e-9), 1), "threads": threads, "model": config.to_dict()}
+    summary = {"checkpoint": str(path), "final_loss": info["final_loss"], "loss": info["loss"],
+               "seconds": info["seconds"], "steps_per_second": round(steps / max(info["seconds"], 1e-9), 1),
+               "threads": threads, "model": config.to_dict()}
+    if continuous:  # compare reports half the MSE (von Oswald's loss): give that too, labelled
+        summary["final_half_mse"] = info["final_loss"] / 2
     if as_json:
         print_json(summary)
     else:
         stderr_console().print(
-            f"saved [bold]{path}[/bold]: final loss {info['final_loss']:.4g} after {steps} steps "
-            f"({summary['steps_per_second']} steps/s); next: probekit cache --model toy:{path} --out <store.zarr>"
+            f"saved [bold]{path}[/bold]: {_loss_words(info['final_loss'], continuous)}, averaged over the last "
+            f"≤ 50 steps, after {steps} steps ({summary['steps_per_second']} steps/s); next: probekit cache "
+            f"--model toy:{path} --out <store.zarr>"
         )
+
+
+def _loss_words(loss: float, continuous: bool) -> str:
+    """The final training loss, named: the full MSE (and its half, the loss ``compare`` reports) or nats."""
+    if continuous:
+        return f"final training loss: MSE {loss:.4g} (full MSE; ½·MSE {loss / 2:.4g}, the loss compare reports)"
+    return f"final training loss: cross-entropy {loss:.4g} nats"

@@ -11,7 +11,12 @@ we report, each as a mean over tasks with a 95 % confidence interval:
   input features the task names (e.g. x_q) at the compared position — the
   "sensitivity cosine" of von Oswald et al., which must reach 1 for "the model
   implements the algorithm", not just matching losses;
-* ``model_l2``: |s_model - s_alg|.
+* ``model_l2``: |s_model - s_alg|;
+* ``loss_gap``: loss_model - loss_alg, its interval *paired* over the same tasks (bootstrap).
+
+Each hypothesis' rivals (:meth:`probekit.Hypothesis.rivals`) are fitted and run on the same
+tasks, and the model's distance to each is set against its distance to the hypothesis with
+paired bootstrap intervals (:mod:`probekit.lenses.rivals`); ``closest`` names the nearest.
 
 An out-of-distribution sweep scales the task parameter its ``ood_param`` names (for
 ``linreg``: the input range) by each factor and repeats the losses and the cosine.
@@ -30,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from probekit.errors import DataError, UsageError
+from probekit.lenses.rivals import PairedBootstrap, rival_table, rivals_dataset
 
 DEFAULT_OOD = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
 #: per-task metrics: name -> description
@@ -178,7 +184,7 @@ def per_task(model_fn, hyp, task, ds, batch_size: int, model_dtype=None) -> dict
     mask = (np.asarray(ds[io.loss_mask_var].values, dtype=bool) if io.loss_mask_var
             else np.ones(inputs.shape[:2], dtype=bool))
     lo, hi = io.sensitivity_features or (0, inputs.shape[-1])
-    rows: dict[str, list] = {k: [] for k in METRICS}
+    rows: dict[str, list] = {k: [] for k in (*METRICS, "sample")}
     for start in range(0, len(inputs), batch_size):
         sl = slice(start, start + batch_size)
         m = torch.as_tensor(mask[sl])
@@ -206,7 +212,32 @@ def per_task(model_fn, hyp, task, ds, batch_size: int, model_dtype=None) -> dict
             rows["pred_diff"].append((om - oa).abs().mean(-1))
             rows["model_cos"].append(torch.where(norms > 0, (s_m * s_a).sum(-1) / norms, torch.nan))
             rows["model_l2"].append((s_m - s_a).norm(dim=-1))
+            rows["sample"].append(torch.as_tensor(np.flatnonzero(mask[sl][:, pos]) + start))
     return {k: torch.cat(v).numpy() for k, v in rows.items()}
+
+
+def measure(model_fn, hyp, task, held_out, fit_ds, batch_size: int, *,
+            on_step: Callable[..., None] | None = None) -> dict:
+    """Fit ``hyp`` and then each of its rivals on ``fit_ds``; run them and ``model_fn`` on the held-out
+    tasks. Returns ``{"id": rows, "rivals": {name: rows}, "fitted": hyp.fitted(), "rivals_fitted":
+    {name: fitted}}``, rows as :func:`per_task` (or :func:`per_task_tokens`) gives them."""
+    from probekit.errors import PluginError
+
+    step = on_step or (lambda what, more=0: None)
+    run = per_task_tokens if task.io.kind == "tokens" else per_task
+    hyp.fit(fit_ds)
+    rivals = hyp.rivals()
+    step("fitted", len(rivals))
+    record = {"id": run(model_fn, hyp, task, held_out, batch_size), "rivals": {}, "fitted": hyp.fitted(),
+              "rivals_fitted": {}}
+    step("held-out tasks")
+    for name, rival in rivals.items():
+        if not rival.can_predict:
+            raise PluginError(f"hypothesis {hyp.name!r} names the rival {name!r}, which has no predict()")
+        record["rivals_fitted"][name] = rival.fit(fit_ds).fitted()
+        record["rivals"][name] = run(model_fn, rival, task, held_out, batch_size)
+        step(f"rival {name}")
+    return record
 
 
 def run_compare(host, model: str, hypotheses: list[str], settings: CompareSettings, *,
@@ -241,10 +272,11 @@ def run_compare(host, model: str, hypotheses: list[str], settings: CompareSettin
 
     total = len(hypotheses) * (2 + len(scales))
     done = 0
+    run = per_task_tokens if task.io.kind == "tokens" else per_task
 
-    def tick(what: str) -> None:
-        nonlocal done
-        done += 1
+    def tick(what: str, more: int = 0) -> None:
+        nonlocal done, total
+        done, total = done + 1, total + more
         if on_progress:
             on_progress(what, done, total)
 
@@ -257,12 +289,10 @@ def run_compare(host, model: str, hypotheses: list[str], settings: CompareSettin
             hyp = host.hypotheses.get(name)(**settings.options)
             if not hyp.can_predict:
                 raise UsageError(f"hypothesis {name!r} has no predict(): it cannot be compared behaviourally")
-            hyp.fit(fit_ds)
-            fitted[name] = hyp.fitted()
-            tick(f"{name}: fitted")
-            run = per_task_tokens if task.io.kind == "tokens" else per_task
-            records[name] = {"id": run(model_fn, hyp, task, held_out, settings.batch_size)}
-            tick(f"{name}: held-out tasks")
+            records[name] = measure(model_fn, hyp, task, held_out, fit_ds, settings.batch_size,
+                                    on_step=lambda what, more=0: tick(f"{name}: {what}", more))  # noqa: B023
+            fitted[name] = records[name].pop("fitted")
+            fitted.update({f"{name}: {r}": f for r, f in records[name].pop("rivals_fitted").items()})
             for s in scales:
                 records[name][s] = run(model_fn, hyp, task, ood[s], settings.batch_size)
                 tick(f"{name}: x{s:g}")
@@ -281,13 +311,17 @@ def _to_dataset(records, fitted, hypotheses, scales, ood_param, settings, model,
             data["ood_" + metric] = (("hypothesis", "scale"), curve[..., 0])
             data["ood_" + metric + "_lo"] = (("hypothesis", "scale"), curve[..., 1])
             data["ood_" + metric + "_hi"] = (("hypothesis", "scale"), curve[..., 2])
+    boot = PairedBootstrap(records[hypotheses[0]]["id"]["sample"])
+    rival_vars, rival_coords = rivals_dataset(
+        rival_table(records, hypotheses, boot, task.io.kind == "tokens", logit_r2), task.io.kind == "tokens")
+    data.update(rival_vars)
     if task.io.kind == "tokens":
         stats = np.array([logit_r2(records[h]["id"]) for h in hypotheses])
         data["logit_r2"] = (("hypothesis",), stats[:, 0],
                             {"description": "R² of the model's centred log-probabilities against the algorithm's"})
         data["logit_r2_lo"] = (("hypothesis",), stats[:, 1])
         data["logit_r2_hi"] = (("hypothesis",), stats[:, 2])
-    coords = {"hypothesis": list(hypotheses)}
+    coords = {"hypothesis": list(hypotheses), **rival_coords}
     if scales:
         coords["scale"] = list(scales)
     settings_dict = dataclasses.asdict(settings)

@@ -1,4 +1,7 @@
-"""Adapter for HuggingFace ``transformers`` models: ``hf:<hub name or local directory>``.
+"""Adapter for HuggingFace ``transformers`` models: ``hf:<hub name, local directory or .gguf file>``.
+
+A ``.gguf`` file (llama.cpp's format) is read by transformers and dequantised; see
+:mod:`probekit.models.gguf` for what its provenance records.
 
 Needs the ``hf`` extra (``pip install probekit-lab[hf]``); torch and transformers are
 imported only inside functions, so ``import probekit`` stays light.
@@ -120,6 +123,8 @@ class HFAdapter:
         self.random_init, self.init_seed, self.device = random_init, init_seed, device
         self.blocks, self.is_causal_lm = blocks, is_causal_lm
         self._hash: str | None = None
+        #: where the weights came from when that is not a plain HF checkpoint (a GGUF file, dequantised)
+        self.source: dict | None = None
         self.anatomy = self._anatomy()
         self.capabilities = type(self).capabilities | frozenset(
             ({"heads"} if self.anatomy.head_inputs else set()) | ({"weights"} if self.anatomy.weights else set())
@@ -149,7 +154,7 @@ class HFAdapter:
     @classmethod
     def load(cls, rest: str, *, random_init: bool = False, init_seed: int = 12345, device: str = "cpu",
              dtype=None, attn_implementation: str = "eager") -> "HFAdapter":
-        """Load ``rest`` (a local directory saved with ``save_pretrained`` or a hub model id).
+        """Load ``rest`` (a local directory saved with ``save_pretrained``, a GGUF file or a hub model id).
 
         Only safetensors weights are read when the directory has them; a directory with only
         ``.bin`` weights is read by transformers with ``torch.load(weights_only=True)``, which
@@ -166,13 +171,8 @@ class HFAdapter:
 
         device = resolve_device(device)
         compute_dtype = torch_dtype(dtype)
-        local = Path(rest).expanduser()
-        is_local = local.is_dir()
-        source = str(local) if is_local else rest
-        common = {"local_files_only": True} if is_local else {}
-        what = f"local model directory {source}" if is_local else f"HF hub model {rest!r}"
-        if not is_local and (rest.startswith(("/", ".", "~")) or local.exists()):
-            raise CheckpointError(f"{rest} is not a model directory (and not a hub model id)")
+        source, common, what, local, gguf_path = _locate(rest)
+        is_local = local is not None
 
         try:
             config = AutoConfig.from_pretrained(source, **common)
@@ -190,7 +190,7 @@ class HFAdapter:
                 torch.manual_seed(init_seed)
                 model = auto.from_config(config, **kwargs)
             else:
-                if is_local:
+                if is_local and gguf_path is None:
                     safe, pickled = _weights_files(local)
                     if not safe and not pickled:
                         raise CheckpointError(f"{source} holds no model weights (*.safetensors or *.bin)")
@@ -214,8 +214,10 @@ class HFAdapter:
         tokenizer.padding_side = "right"
         tokenizer.truncation_side = "right"
         blocks = find_blocks(model, text_config(config).num_hidden_layers)
-        return cls(model, tokenizer, config, f"hf:{rest}", random_init=random_init, init_seed=init_seed,
-                   device=device, blocks=blocks, is_causal_lm=is_causal_lm)
+        adapter = cls(model, tokenizer, config, f"hf:{rest}", random_init=random_init, init_seed=init_seed,
+                      device=device, blocks=blocks, is_causal_lm=is_causal_lm)
+        adapter.source = _source_record(local, gguf_path, compute_dtype, random_init)
+        return adapter
 
     # --------------------------------------------------------------- shape info
     @property
@@ -380,7 +382,37 @@ class HFAdapter:
             "transformers_version": transformers.__version__,
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "attn_implementation": self.model.config._attn_implementation,
+            **({"model_source": self.source} if self.source else {}),
         }
+
+
+def _locate(rest: str):
+    """Where ``rest`` points: ``(source for from_pretrained, its common kwargs, a description, the local
+    directory or None, the GGUF file or None)``. A GGUF file loads from its folder with ``gguf_file=``."""
+    from probekit.models import gguf
+
+    local = Path(rest).expanduser()
+    if gguf.names_gguf(rest):
+        path = gguf.checked_gguf(rest)
+        return (str(path.parent), {"local_files_only": True, "gguf_file": path.name}, f"GGUF file {rest}",
+                path.parent, path)
+    if local.is_dir():
+        return str(local), {"local_files_only": True}, f"local model directory {local}", local, None
+    if rest.startswith(("/", ".", "~")) or local.exists():
+        raise CheckpointError(f"{rest} is not a model directory, a GGUF file or a hub model id")
+    return rest, {}, f"HF hub model {rest!r}", None, None
+
+
+def _source_record(local, gguf_path, dtype, random_init: bool) -> dict | None:
+    """The ``model_source`` provenance: what a GGUF file was dequantised to (read from the file, or from
+    the record a converted directory keeps); None for a plain checkpoint or a random init."""
+    from probekit.models import gguf
+
+    if random_init:
+        return None
+    if gguf_path is not None:
+        return gguf.gguf_record(gguf_path, str(dtype).removeprefix("torch."))
+    return gguf.read_record(local) if local is not None else None
 
 
 def text_config(config):

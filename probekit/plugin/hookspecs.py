@@ -66,6 +66,8 @@ def probekit_register_hypotheses(register: Register) -> None:
     :param register: ``register(name, hypothesis_class)``. ``hypothesis_class``
         subclasses :class:`probekit.Hypothesis`: ``requires`` (variables the store must hold)
         and ``compute(ds) -> list[Target]``; the base class's ``targets(ds)`` turns those into the
-        targets Dataset aligned on ``(sample, pos)`` with a boolean mask per target.
+        targets Dataset aligned on ``(sample, pos)`` with a boolean mask per target. Optional, for
+        ``probekit compare``: ``fit(ds)``, ``predict(inputs)`` and ``rivals()`` (name -> unfitted
+        hypothesis: the algorithms the model is also measured against, with paired CIs).
     :returns: nothing; results are ignored.
     """

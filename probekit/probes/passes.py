@@ -18,6 +18,12 @@ def column_slices(ks: list[int]) -> list[slice]:
     return [slice(int(a), int(a + k)) for a, k in zip(starts, ks)]
 
 
+def _sample_block(job: tuple) -> int:
+    """Where a block job runs on a cluster: by its first sample, so both passes (and every
+    shuffled baseline) of a block run where its chunk was read."""
+    return job[2]
+
+
 def probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings, score=True):
     """Both passes for one (condition, site, layer, mask group); ``score=False`` skips pass 2.
     Returns ``(cross-validation result, held-out sums per target or None, per-position results)``."""
@@ -29,7 +35,7 @@ def probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings
              y[s0:s1][mask[s0:s1]].astype(np.float64).mean(0))
     total = executor.map_reduce(accumulate_block, [
         (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], settings.n_folds, shift, settings.per_pos, settings.device)
-        for a, b in blocks], add_block_stats)
+        for a, b in blocks], add_block_stats, place=_sample_block)
     col_groups = np.repeat(np.arange(len(ks)), ks)
     stats = FoldStats.from_numpy(total["pooled"], settings.device)
     res = cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas,
@@ -39,7 +45,7 @@ def probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings
         return res, None, per_pos
     held = executor.map(score_block, [
         (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols,
-         res.fold_mean) for a, b in blocks])
+         res.fold_mean) for a, b in blocks], place=_sample_block)
     return res, [scoring.concat([h[i] for h in held]) for i in range(len(cols))], per_pos
 
 

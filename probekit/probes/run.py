@@ -32,7 +32,7 @@ from probekit.plugin.registry import construct
 from probekit.probes import scoring
 from probekit.probes.baselines import shuffled_layer
 from probekit.probes.blocks import READ_CACHE, source, view
-from probekit.probes.executors import SerialExecutor
+from probekit.executors import SerialExecutor
 from probekit.probes.logistic import categorical_layer
 from probekit.probes.passes import column_slices, probe_layer
 from probekit.probes.results import METRICS, empty_metrics, results_dataset, stack_checkpoints

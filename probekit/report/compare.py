@@ -19,6 +19,10 @@ def compare_json(results) -> str:
         for metric in (*METRICS, "logit_r2"):
             if metric in results:
                 rec[metric] = [float(r[metric]), float(r[metric + "_lo"]), float(r[metric + "_hi"])]
+        if "loss_gap" in results:
+            rec["loss_gap"] = [float(r["loss_gap"]), float(r["loss_gap_lo"]), float(r["loss_gap_hi"])]
+            rec["closest"] = str(r["closest"].values)
+            rec["rivals"] = _rivals_json(results, str(h))
         if "scale" in results.coords:
             rec["ood"] = {metric: {f"{float(s):g}": float(r["ood_" + metric].sel(scale=s)) for s in results.scale.values}
                           for metric in ("loss_model", "loss_alg", "model_cos")}
@@ -26,7 +30,69 @@ def compare_json(results) -> str:
     return json.dumps(out, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
+def _triple(r, var: str) -> list[float]:
+    return [float(r[var]), float(r[var + "_lo"]), float(r[var + "_hi"])]
+
+
+def _rivals_json(results, h: str) -> list[dict]:
+    """One record per rival of hypothesis ``h``: loss, distance, paired gap, excluded, cos / log-odds R²."""
+    if "rival" not in results.dims:
+        return []
+    agree = "rival_logit_r2" if "rival_logit_r2" in results else "rival_cos"
+    out = []
+    for rv in results.rival.values[results.rival_of.values == h]:
+        r = results.sel(rival=rv)
+        out.append({"rival": str(r.rival_name.values), "loss": _triple(r, "rival_loss"),
+                    "distance": _triple(r, "rival_dist"), "gap": _triple(r, "rival_gap"),
+                    "excluded": bool(r.rival_excluded), agree.removeprefix("rival_"): _triple(r, agree)})
+    return out
+
+
 def compare_table(results):
+    """The comparison table and, when a hypothesis names rivals, the rivals table (a rich Group)."""
+    from rich.console import Group
+
+    tables = [_main_table(results)]
+    if "rival" in results.dims and results.sizes["rival"]:
+        tables.append(rivals_table(results))
+    return Group(*tables)
+
+
+def rivals_table(results):
+    """Per hypothesis, itself and each rival: its loss, the model's distance to it, the paired gap
+    distance(rival) − distance(hypothesis) with its 95 % bootstrap CI, and whether the CI excludes the rival."""
+    from rich import box
+    from rich.table import Table
+
+    tokens = results.attrs.get("output_kind") == "tokens"
+    dist, agree = ("TV distance", "log-odds R²") if tokens else ("|ŷ model − ŷ alg|", "model cos")
+    table = Table(title="the hypothesis against its rivals · the same held-out tasks",
+                  caption="gap: distance(model, rival) − distance(model, hypothesis), mean [95% paired bootstrap CI] "
+                          "over held-out tasks; excluded: the CI lies above 0 (the model is closer to the hypothesis)",
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("hypothesis", "algorithm", "loss", dist, "gap (paired)", "excluded", agree, "closest"):
+        table.add_column(col, justify="left" if col in ("hypothesis", "algorithm", "excluded") else "right",
+                         no_wrap=True)
+    own_agree = "logit_r2" if tokens else "model_cos"
+    for h in results.hypothesis.values:
+        r = results.sel(hypothesis=h)
+        closest = str(r.closest.values)
+        table.add_row(str(h), f"[bold]{h}[/bold] (hypothesis)", f"{float(r.loss_alg):.4f}", f"{float(r.pred_diff):.4f}",
+                      "", "", f"{float(r[own_agree]):.4f}", "◀" if closest == str(h) else "")
+        for rv in results.rival.values[results.rival_of.values == h]:
+            q = results.sel(rival=rv)
+            m, lo, hi = _triple(q, "rival_gap")
+            verdict = ("yes" if lo > 0 else "no: closer to the rival" if hi < 0
+                       else "no: same predictions" if max(abs(lo), abs(hi)) < 1e-12 else "no: CI spans 0")
+            name = str(q.rival_name.values)
+            table.add_row("", name, f"{float(q.rival_loss):.4f}", f"{float(q.rival_dist):.4f}",
+                          f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]", verdict,
+                          f"{float(q['rival_' + ('logit_r2' if tokens else 'cos')]):.4f}",
+                          "◀" if closest == name else "")
+    return table
+
+
+def _main_table(results):
     """A rich Table: one row per hypothesis with each metric's mean and 95 % CI."""
     from rich import box
     from rich.table import Table
@@ -38,7 +104,8 @@ def compare_table(results):
                   caption=f"mean ± half its 95% CI over tasks · loss: ½ squared error (predicting 0: "
                           f"{float(results.loss_zero.values[0]):.4f}) · cos, L2: sensitivities ∂ŷ/∂x",
                   box=box.SIMPLE_HEAD, padding=(0, 1), show_lines=True)
-    for col in ("algorithm", "loss model", "loss alg", "|ŷ model − ŷ alg|", "model cos", "sens. L2"):
+    for col in ("algorithm", "loss model", "loss alg", "model − alg (paired)", "|ŷ model − ŷ alg|", "model cos",
+                "sens. L2"):
         table.add_column(col, justify="left" if col == "algorithm" else "right", no_wrap=True)
     for h in results.hypothesis.values:
         r = results.sel(hypothesis=h)
@@ -47,8 +114,8 @@ def compare_table(results):
             m, lo, hi = (float(r[metric + s]) for s in ("", "_lo", "_hi"))
             return f"{m:.{digits}f}\n[dim]±{(hi - lo) / 2:.{digits}f}[/dim]"
 
-        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), cell("pred_diff"), cell("model_cos"),
-                      cell("model_l2"))
+        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), _gap_cell(r), cell("pred_diff"),
+                      cell("model_cos"), cell("model_l2"))
     return table
 
 
@@ -61,13 +128,21 @@ def _token_table(results, n: int):
                           f"{float(results.loss_zero.values[0]):.4f}) · TV: total-variation distance of the "
                           f"predictive distributions · log-odds R²: model vs algorithm, bootstrap CI over sequences",
                   box=box.SIMPLE_HEAD, padding=(0, 1), show_lines=True)
-    for col in ("algorithm", "loss model", "loss alg", "TV distance", "log-odds R²"):
+    for col in ("algorithm", "loss model", "loss alg", "model − alg (paired)", "TV distance", "log-odds R²"):
         table.add_column(col, justify="left" if col == "algorithm" else "right", no_wrap=True)
     for h in results.hypothesis.values:
         r = results.sel(hypothesis=h)
         cell = lambda m: f"{float(r[m]):.4f}\n[dim]±{(float(r[m + '_hi']) - float(r[m + '_lo'])) / 2:.4f}[/dim]"  # noqa: E731
-        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), cell("pred_diff"), cell("logit_r2"))
+        table.add_row(str(h), cell("loss_model"), cell("loss_alg"), _gap_cell(r), cell("pred_diff"), cell("logit_r2"))
     return table
+
+
+def _gap_cell(r) -> str:
+    """loss_model − loss_alg with its paired 95 % bootstrap interval."""
+    if "loss_gap" not in r:
+        return ""
+    m, lo, hi = _triple(r, "loss_gap")
+    return f"{m:+.4f}\n[dim][{lo:+.4f}, {hi:+.4f}][/dim]"
 
 
 def plot_compare(results, path):

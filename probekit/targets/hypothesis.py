@@ -11,7 +11,10 @@ Two optional methods serve the behavioural lens (``probekit compare``):
 and returns ``self``; ``predict(inputs)`` maps a torch tensor of model inputs
 ``[batch, pos, features]`` to the algorithm's outputs in the model's output layout
 ``[batch, pos, d_out]``, differentiably, so sensitivities ``d output / d input`` of
-model and algorithm can be compared.
+model and algorithm can be compared. A third, ``rivals()``, names other algorithms the
+model should be measured against too (wrong priors, other step sizes, a converged solver), so
+that a match is shown to discriminate: ``compare`` fits each rival on the same tasks and reports
+the model's distance to it beside its distance to the hypothesis, with paired CIs.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ class Hypothesis:
     def predict(self, inputs):
         """The algorithm's outputs ``[batch, pos, d_out]`` for model inputs (a torch tensor)."""
         raise NotImplementedError
+
+    def rivals(self) -> dict[str, "Hypothesis"]:
+        """Rival algorithms for the behavioural lens, called after :meth:`fit`: display name ->
+        a new, unfitted hypothesis that can predict. ``compare`` fits each on the same tasks as
+        this one and runs it on the same held-out tasks. The default: none."""
+        return {}
 
 
 def make_targets(targets: Sequence[Target], *, n_samples: int, n_pos: int) -> "xr.Dataset":

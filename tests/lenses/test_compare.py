@@ -128,3 +128,40 @@ def test_trained_one_layer_lsa_matches_one_gd_step(tmp_path, capsys):
     loss_model, loss_gd = gd["loss_model"][0], gd["loss_alg"][0]
     assert abs(loss_model - loss_gd) <= 0.03 * loss_gd
     assert gd["model_cos"][0] >= 0.99
+
+
+def closed_form_eta(ds) -> float:
+    """One GD step's loss-minimising eta, in numpy: <g, y_q> / <g, g> with g = x_q . (1/N) sum_i y_i x_i."""
+    x = ds.x.values.astype(np.float64)
+    y = ds.y.values[..., 0].astype(np.float64)
+    g = np.einsum("nd,nd->n", x[:, -1], np.einsum("ni,nid->nd", y[:, :-1], x[:, :-1]) / (x.shape[1] - 1))
+    return float(g @ y[:, -1] / (g @ g))
+
+
+def test_fit_samples_beyond_10000_are_all_used(tmp_path, capsys):
+    """`--fit-samples 100000` fits one GD step's eta on all 100,000 tasks (it was silently capped at 10,000)."""
+    path = save_model(gd_model(D, N, [6.0]), tmp_path / "gd1")
+    assert run(["compare", "--model", f"toy:{path}", "-H", "gd", "-n", "200", "--fit-samples", "100000",
+                "--seed", "5", "--ood", "", "--json", "--threads", "1"]) == 0
+    eta = json.loads(capsys.readouterr().out)["attrs"]["fitted"]["gd"]["etas"][0]
+    fit_tasks = LinRegTask().generate(100_000, 6)  # the fitting tasks: seed + 1
+    eta_all, eta_10k = closed_form_eta(fit_tasks), closed_form_eta(fit_tasks.isel(sample=slice(0, 10_000)))
+    assert abs(eta_all - eta_10k) > 1e-3  # the two fits are distinguishable
+    assert eta == pytest.approx(eta_all, rel=1e-9)
+    # an explicit option still caps, and a store's compute() fits its first 10,000 tasks by default
+    capped = GDHypothesis(steps=1, fit_samples=10_000).fit(fit_tasks).hparams["etas"][0]
+    assert capped == pytest.approx(eta_10k, rel=1e-9)
+
+
+def test_train_labels_its_loss_as_full_mse_beside_compares_half_mse(tmp_path, capsys):
+    """train's loss is the full MSE; compare's is ½·MSE: train names both, so neither is misread."""
+    out = tmp_path / "tiny"
+    assert run(["train", "--task", "linreg", "--model", "lsa", "--out", str(out), "--steps", "3", "--batch-size", "8",
+                "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "MSE" in err and "full MSE" in err and "½·MSE" in err
+    assert run(["train", "--task", "linreg", "--model", "lsa", "--out", str(tmp_path / "t2"), "--steps", "3",
+                "--batch-size", "8", "--threads", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["loss"] == "mse" and summary["final_half_mse"] == pytest.approx(summary["final_loss"] / 2)
+    assert checkpoint.read(tmp_path / "t2").training["loss"] == "mse"

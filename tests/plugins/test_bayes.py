@@ -155,3 +155,35 @@ def test_compare_on_token_tasks_scores_log_odds_r2():
     m = 1 / (1 + np.exp(-exact))
     np.testing.assert_allclose(rows["loss_alg"], -np.log(np.where(nxt == 1, m, 1 - m)), rtol=1e-10)
     assert np.isnan(rows["model_cos"]).all()
+
+
+def test_rivals_are_the_wrong_priors_and_the_running_frequency():
+    """Each task's rivals leave out its own prior; each rival's predictive is the closed form
+    (a + n_{a->b}) / (n_{a->.} + k a) under its prior, written out here independently."""
+    cases = [(CoinTask(length=9, alpha=0.5, beta=0.5), {"Beta(1,1)", "Beta(2,2)", "frequency"}),
+             (CoinTask(length=9, alpha=3.0, beta=1.0), {"Beta(0.5,0.5) KT", "Beta(1,1)", "Beta(2,2)", "frequency"}),
+             (CoinFiniteTask(length=9), {"Beta(0.5,0.5) KT", "Beta(1,1)", "Beta(2,2)", "frequency"}),
+             (MarkovTask(length=9, states=3, concentration=2.0), {"Dir(0.5)", "Dir(1)", "frequency"})]
+    for task, names in cases:
+        ds = task.generate(30, 2)
+        rivals = BayesHypothesis().fit(ds).rivals()
+        assert set(rivals) == names, task.name
+        tokens = ds["tokens"].values
+        k = 3 if task.name == "markov" else 2
+        for name, rival in rivals.items():
+            logp = rival.fit(ds).predict(torch.as_tensor(tokens)).numpy()
+            c = {"Beta(0.5,0.5) KT": 0.5, "Dir(0.5)": 0.5, "Beta(1,1)": 1.0, "Dir(1)": 1.0, "Beta(2,2)": 2.0,
+                 "Dir(2)": 2.0, "frequency": None}[name]
+            for i, t in itertools.product(range(0, 30, 7), range(9)):
+                if k == 2:
+                    counts = np.bincount(tokens[i, : t + 1], minlength=2).astype(float)
+                else:
+                    prev, nxt = tokens[i, :t], tokens[i, 1 : t + 1]
+                    counts = np.bincount(nxt[prev == tokens[i, t]], minlength=3).astype(float)
+                if name == "frequency":
+                    p = counts / counts.sum() if counts.sum() else np.full(k, 1 / k)
+                    p = np.clip(p, 0.01, 0.99)
+                    p = p / p.sum()
+                else:
+                    p = (counts + c) / (counts.sum() + k * c)
+                np.testing.assert_allclose(np.exp(logp[i, t]), p, rtol=1e-7, err_msg=f"{task.name} {name}")

@@ -255,3 +255,25 @@ def test_tied_steps_for_recurrent_models(linreg10k):
     assert loss["pp_tied"] < loss["tied"]
     with pytest.raises(UsageError, match="tied"):
         GDHypothesis(tied="yes").fit(ds)
+
+
+def test_rivals_and_least_squares(linreg10k):
+    """gd's rivals: GD at 0.8 / 1.2 of its fitted step sizes, GD++ (K > 1 only) and least squares, whose
+    prediction is numpy's least-squares solution on the context."""
+    from probekit_gd.hypotheses import LeastSquares
+
+    ds = linreg10k.isel(sample=slice(0, 2000))
+    one = GDHypothesis(steps=1).fit(ds)
+    assert set(one.rivals()) == {"gd η×0.8", "gd η×1.2", "least squares"}
+    two = GDHypothesis(steps=2).fit(ds)
+    rivals = two.rivals()
+    assert set(rivals) == {"gd η×0.8", "gd η×1.2", "gdpp", "least squares"}
+    slow = rivals["gd η×0.8"].fit(ds)
+    np.testing.assert_allclose(slow.hparams["etas"], [0.8 * e for e in two.hparams["etas"]])
+    assert set(GDPPHypothesis(steps=2).fit(ds).rivals()) == {"gd", "least squares"}
+    assert set(PGDHypothesis(steps=1).fit(ds).rivals()) == {"gd", "least squares"}
+    z = torch.as_tensor(ds.z.values[:50], dtype=torch.float64)
+    pred = LeastSquares(lam=0.0).predict(z)[:, -1, 0].numpy()
+    x, y = ds.x.values[:50].astype(np.float64), ds.y.values[:50, :, 0].astype(np.float64)
+    w = np.stack([np.linalg.lstsq(x[i, :-1], y[i, :-1], rcond=None)[0] for i in range(50)])
+    np.testing.assert_allclose(pred, np.einsum("nd,nd->n", w, x[:, -1]), rtol=1e-6, atol=1e-8)

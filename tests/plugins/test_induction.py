@@ -90,6 +90,43 @@ def test_induction_targets_on_hand_made_tokens():
         InductionHypothesis().targets(no_repeat)
 
 
+def test_a_large_vocabulary_keeps_token_classes_out_of_the_logistic_probes_by_default():
+    """An LLM's vocabulary (ids >= LARGE_VOCAB): by default only ``duplicate`` is categorical and the token
+    targets come as directions; ``categorical=all`` keeps them over their max_classes most frequent classes."""
+    import xarray as xr
+
+    from probekit_induction.hypothesis import LARGE_VOCAB
+
+    rng = np.random.default_rng(0)
+    segment = LARGE_VOCAB + rng.choice(40000, (30, 6), replace=False)  # 30 samples of 6 distinct large ids
+    tok = np.concatenate([segment, segment, segment[:, :1]], 1)  # each segment twice, then its first token
+    x = rng.normal(size=(30, 1, tok.shape[1], 4))
+    ds = xr.Dataset({"tokens": (("sample", "pos"), tok), "resid": (("sample", "layer", "pos", "feature"), x)})
+    tds = InductionHypothesis(directions="embed").targets(ds)
+    assert "duplicate" in tds and "prev_token" not in tds and "induction_next" not in tds
+    assert {"prev_token_embed", "induction_next_embed"} <= set(tds.data_vars)
+    # the embed direction of the token to copy: its mean layer-0 vector (position means removed), by brute force
+    xc = x[:, 0] - x[:, 0].mean(0)
+    s, q = 3, 8  # tok[s, 8] == tok[s, 2]: the token to copy is tok[s, 3]
+    want = xc[tok == tok[s, 3]].mean(0)
+    np.testing.assert_allclose(tds.induction_next_embed.values[s, q], want, atol=1e-10)
+
+    every = InductionHypothesis(directions="none", categorical="all", max_classes=20).targets(ds)
+    labels, mask = every.induction_next.values[..., 0], every.induction_next_mask.values.reshape(30, -1)
+    defined = (np.arange(tok.shape[1]) >= 6)[None] & np.ones((30, 1), bool)  # the second copies and the last token
+    counts = {}
+    for label in labels[defined]:
+        counts[label] = counts.get(label, 0) + 1
+    top = sorted(counts, key=lambda c: (-counts[c], c))[:20]
+    np.testing.assert_array_equal(mask, defined & np.isin(labels, top))
+    assert "20 most frequent" in every.induction_next.attrs["description"]
+    assert "prev_token" in every and "prev_token" not in InductionHypothesis(categorical="binary",
+                                                                             directions="none").targets(ds)
+    for bad in ({"categorical": "some"}, {"max_classes": 1}):
+        with pytest.raises(UsageError):
+            InductionHypothesis(**bad)
+
+
 @pytest.fixture(scope="module")
 def built_store(tmp_path_factory):
     from probekit.cache.run import CacheRequest, run_cache

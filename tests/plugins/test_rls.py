@@ -107,3 +107,19 @@ def test_lds_task_is_seeded_and_orthogonal():
     assert a.attrs["task"] == "lds" and a.attrs["task_params"]["dim"] == 3 and a.attrs["seed"] == 1
     with pytest.raises(UsageError, match="choose from: clip, dim, length, sigma"):
         LDSTask(dimension=3)
+
+
+def test_condition_numbers_quoted_in_the_docs():
+    """docs/rls.md and the README: median cond(R_t) ≈ 15 and the worst tenth > 200 on the tutorial store's
+    sequences (2,000, seed 1, t >= D). Checked against eigenvalue ratios computed here, at full size
+    (it takes a second); tolerance: the median within 15.4 ± 0.5, the 90th percentile above 200."""
+    from probekit_rls import conditioning
+
+    x = LDSTask().generate(300, 3)["x"].values.astype(np.float64)
+    cond = conditioning.condition_numbers(x, 1e-3, 5)
+    for i, t in [(0, 5), (7, 12), (299, 29)]:
+        R = sum(np.outer(x[i, s], x[i, s]) for s in range(t)) + 1e-3 * np.eye(5)
+        ev = np.linalg.eigvalsh(R)
+        assert cond.reshape(300, -1)[i, t - 5] == pytest.approx(ev[-1] / ev[0], rel=1e-8)
+    out = conditioning.main(["-n", "2000", "--seed", "1"])
+    assert abs(out["median"] - 15.4) <= 0.5 and out["p90"] > 200

@@ -69,8 +69,14 @@ def batch_tensors(task: Task, ds, device="cpu"):
     return x.long(), y.long(), mask
 
 
+#: what the training loss is, per output kind (recorded as the checkpoint's ``training["loss"]``);
+#: ``probekit compare`` reports ½·MSE (von Oswald's loss), half the training MSE
+LOSS_NAMES = {"continuous": "mse", "tokens": "cross_entropy"}
+
+
 def loss_fn(kind: str, out, y, mask=None):
-    """Mean squared error (continuous) or cross-entropy (tokens) over the positions in ``mask``."""
+    """Mean squared error, the full MSE (continuous), or cross-entropy in nats (tokens) over the positions
+    in ``mask``."""
     import torch.nn.functional as F
 
     if mask is not None:
@@ -153,6 +159,7 @@ def _train(task: Task, config: ToyConfig, settings: TrainSettings, out: Path, *,
             on_step(step + 1, value)
     training = asdict(settings) | {
         "final_loss": history[-1][1],
+        "loss": LOSS_NAMES.get(task.io.kind, "cross_entropy"),
         "seconds": round(time.perf_counter() - start, 2),
         "history": history,
         "device": str(device),
