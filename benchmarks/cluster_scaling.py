@@ -7,7 +7,8 @@ each size in ``--workers``, each store checked equal to the first, chunk for chu
 store is then probed (hypothesis ``rls``, no baselines, no bootstrap) in this process and on each
 cluster. Every worker is single-threaded (dask sets OMP_NUM_THREADS=1 in its workers; this
 process uses ``--threads``). Efficiency at W workers = (1-worker time) / (W x W-worker time).
-Cluster start-up is not timed (a cluster serves many commands).
+Cluster start-up and the workers' imports are not timed (a cluster serves many commands);
+loading the model on each worker is.
 
     python benchmarks/cluster_scaling.py --threads 1                 # ~2 GB, minutes on 2 cores
     python benchmarks/cluster_scaling.py --n 2000 --workers 1 2      # a quick look
@@ -76,6 +77,7 @@ def main() -> None:
             seconds[("probe", 0)] = time.perf_counter() - t0
         for w in args.workers:
             with dask_executor(workers=w) as executor:
+                executor.client.run(_warm_up)  # imports: part of the cluster's start-up, not of a command
                 if "cache" not in args.skip:
                     t0 = time.perf_counter()
                     other = run_cache(host, request(f"w{w}"), executor=executor)
@@ -90,6 +92,12 @@ def main() -> None:
                     diff = float(abs(res.r2 - serial.r2).max())
                     print(f"probe on {w} worker(s): max |R² - one process| = {diff:.2e}")
         _table(seconds, args.workers, tokens, gb)
+
+
+def _warm_up() -> None:
+    import probekit.cache.distributed  # noqa: F401
+    import probekit.probes.blocks  # noqa: F401
+    import torch  # noqa: F401
 
 
 def _table(seconds: dict, workers: list[int], tokens: int, gb: float) -> None:
