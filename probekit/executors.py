@@ -5,6 +5,8 @@ write units to :meth:`DaskExecutor.as_completed` (:mod:`probekit.cache.distribut
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable, Iterator
 
 from probekit.errors import UsageError
@@ -12,6 +14,8 @@ from probekit.errors import UsageError
 
 class SerialExecutor:
     """Runs block jobs in this process. (``place`` is for :class:`DaskExecutor`.)"""
+
+    layers_in_flight = 1
 
     def map(self, fn: Callable, jobs: list[tuple], place: Callable | None = None) -> list:
         return [fn(*job) for job in jobs]
@@ -30,6 +34,8 @@ class DaskExecutor:
     ``resources`` (e.g. ``{"GPU": 1}``) are what each job holds on its worker while it runs:
     dask runs a job only on a worker started with them (``dask worker --resources GPU=1``)."""
 
+    layers_in_flight = 2  # the client cross-validates one layer while the workers accumulate the next
+
     def __init__(self, client, resources: dict | None = None):
         self.client, self.resources = client, dict(resources or {})
 
@@ -46,7 +52,7 @@ class DaskExecutor:
             kw = {"pure": False, "resources": self.resources or None}
             if workers:
                 kw.update(workers=[workers[hash(place(job)) % len(workers)]], allow_other_workers=True)
-            futures.append(self.client.submit(fn, *job, **kw))
+            futures.append(self.client.submit(on_worker, fn, *job, **kw))
         return futures
 
     def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable, place: Callable | None = None):
@@ -73,6 +79,35 @@ class DaskExecutor:
                 future.release()
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+
+def on_worker(fn: Callable, *args):
+    """Run ``fn(*args)`` on a dask worker, its memory allocator set for array work first."""
+    restore_malloc_thresholds()
+    return fn(*args)
+
+
+_MALLOC_RESTORED = False
+
+
+def restore_malloc_thresholds() -> None:
+    """dask starts its worker processes with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand freed memory
+    back to the OS). Setting it turns off glibc's dynamic mmap threshold, so every array over 128 kB
+    is a fresh mmap whose pages fault in on first touch: a probe ran 2x slower in such a worker than
+    in a plain process (measured: 44.9 s vs 23.0 s after this call). Once per process: big
+    allocations up to 32 MB come from the heap again, and the heap is trimmed only when 2 GB is free."""
+    global _MALLOC_RESTORED
+    if _MALLOC_RESTORED or not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_RESTORED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to restore
+        pass
 
 
 def dask_executor(scheduler: str | None = None, workers: int = 2, resources: dict | None = None):

@@ -223,12 +223,15 @@ def _plan(store: Store, ds, tds, names, sites, settings: ProbeSettings, executor
 
 def _ticker(on_progress, total: int) -> Callable[[str], None]:
     """Counts finished (condition, site, layer) units and reports each to ``on_progress``."""
-    done = [0]
+    import threading
 
-    def tick(what: str) -> None:
-        done[0] += 1
-        if on_progress:
-            on_progress(what, done[0], total)
+    done, lock = [0], threading.Lock()
+
+    def tick(what: str) -> None:  # layers may finish in client threads (see _each_layer)
+        with lock:
+            done[0] += 1
+            if on_progress:
+                on_progress(what, done[0], total)
 
     return tick
 
@@ -247,7 +250,8 @@ def _probe_checkpoint(job: _Job, kc: int | None, tick):
             arr = view(job.store.array(site, group), None if group else kc)
             src = source(job.store, group, site, None if group else kc)
             blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
-            for stored in range(arr.shape[1]):
+            def one_layer(stored: int, ci=ci, si=si, site=site, arr=arr, src=src, blocks=blocks,
+                          cond=cond, shuffled_cache=shuffled_cache) -> None:
                 at = (ci, si, stored + job.offset[site])  # `stored` indexes the array, the layer the results
                 _probe_continuous(job, arrays, at, cond, src, stored, blocks, shuffled_cache)
                 for name in job.categorical:
@@ -255,7 +259,25 @@ def _probe_checkpoint(job: _Job, kc: int | None, tick):
                     categorical_layer(arrays[0], at + (k,), cond, arr, stored, job.tds, name, job.folds, settings,
                                       seed=[settings.seed, 3, k])
                 tick(f"{where}{cond} {site}")
+
+            _each_layer(job.executor, one_layer, range(arr.shape[1]))
     return arrays
+
+
+def _each_layer(executor, fn, layers) -> None:
+    """``fn(layer)`` for every layer; on a cluster (``executor.layers_in_flight`` > 1) several
+    layers at once from client threads, so the workers compute one layer's blocks while the
+    client cross-validates another's statistics. Each layer writes only its own results."""
+    in_flight = getattr(executor, "layers_in_flight", 1)
+    if in_flight <= 1:
+        for layer in layers:
+            fn(layer)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        for future in [pool.submit(fn, layer) for layer in layers]:
+            future.result()
 
 
 def _probe_continuous(job: _Job, arrays, at: tuple, cond: str, src, stored: int, blocks, shuffled_cache) -> None:
