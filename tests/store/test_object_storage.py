@@ -213,3 +213,22 @@ def test_storage_option_parsing():
                                                       "client_kwargs": {"region_name": "eu"}, "profile": "lab"}
     with pytest.raises(UsageError, match="key=value"):
         parse_storage_options(["anon"])
+
+
+def test_a_cluster_caches_to_s3_and_probes_from_it_like_one_process_on_disk(pair, s3_server, host, tiny_checkpoint):
+    """Workers write their blocks straight to the object store (the client creates it and holds
+    the lock); the probe's workers read their chunks from it."""
+    pytest.importorskip("dask.distributed")
+    from probekit.executors import dask_executor
+    from probekit.probes.run import ProbeSettings, run_probe
+
+    disk, _ = pair
+    url = f"s3://{s3_server['bucket']}/cluster/run.zarr"
+    settings = ProbeSettings(n_boot=0, baselines=False)
+    with dask_executor(workers=2) as executor:
+        remote = run_cache(host, request(tiny_checkpoint, url, s3_server["options"]), executor=executor)
+        from_s3, _ = run_probe(host, remote, "rls", settings, executor=executor, write=False)
+    assert_same_arrays(disk, remote)
+    assert not s3_server["fs"].exists(f"{s3_server['bucket']}/cluster/run.zarr.lock")
+    from_disk, _ = run_probe(host, disk, "rls", settings, write=False)
+    np.testing.assert_allclose(from_s3.r2.values, from_disk.r2.values, rtol=0, atol=1e-8)
