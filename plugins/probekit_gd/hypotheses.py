@@ -15,7 +15,9 @@ the *task* by default — to the store's own regression tasks, never to the mode
 activations or outputs — by L-BFGS on the K-step loss; pass ``eta=...`` to fix GD's.
 Options: ``steps`` (default: the cached model's number of layers), ``tied`` (one eta
 and gamma for all steps; default: whether the model shares its layers' weights),
-``eta``, ``fit_samples`` (tasks used to fit, 10,000) and ``lam`` (of ``ls_pred``).
+``eta``, ``fit_samples`` and ``lam`` (of ``ls_pred``). ``fit(ds)`` fits on every task in ``ds``
+(``probekit compare --fit-samples N`` hands it N tasks); ``fit_samples`` caps that only when given,
+and caps at 10,000 by default the store's tasks that ``compute`` fits on when nothing was fitted.
 ``predict`` runs the fitted algorithm on model-input tokens (differentiably), giving
 what the GD transformer would output at every position, for ``probekit compare``.
 """
@@ -29,6 +31,7 @@ from probekit import DataError, Hypothesis, Target, UsageError
 from probekit_gd import algorithms
 
 OPTIONS = ("steps", "tied", "eta", "fit_samples", "lam")
+DEFAULT_FIT_SAMPLES = 10_000  # of a store's tasks, when compute() fits
 
 
 class _GDFamily(Hypothesis):
@@ -76,10 +79,11 @@ class _GDFamily(Hypothesis):
         return x, torch.as_tensor(y[:, :-1]), torch.as_tensor(y[:, -1])
 
     def fit(self, ds) -> "_GDFamily":
-        """Fit the algorithm's hyperparameters to the regression tasks in ``ds`` (not to a model)."""
+        """Fit the algorithm's hyperparameters to the regression tasks in ``ds`` (not to a model): to
+        all of them, or to the first ``fit_samples`` when that option is given."""
         self.check(ds)
-        n = int(self.options.get("fit_samples", 10_000))
-        x, y, y_q = self._arrays(ds.isel(sample=slice(0, n)))
+        n = self.options.get("fit_samples")
+        x, y, y_q = self._arrays(ds if n is None else ds.isel(sample=slice(0, int(n))))
         steps = self._steps(ds.attrs)
         if self.kind == "gd" and "eta" in self.options:
             eta = self.options["eta"]
@@ -89,6 +93,7 @@ class _GDFamily(Hypothesis):
             self.hparams = {"etas": etas}
         else:
             self.hparams = algorithms.fit_steps(x, y, y_q, steps, kind=self.kind, tied=self._tied(ds.attrs))
+        self._shape = {"steps": steps, "tied": self._tied(ds.attrs)}
         traj = self._run(x, y)
         self.hparams["fit_loss"] = algorithms.half_mse(traj.pred[-1], y_q)
         return self
@@ -114,8 +119,8 @@ class _GDFamily(Hypothesis):
         return torch.cat([-traj.residual[-1], traj.pred[-1][:, None]], 1)[..., None]
 
     def compute(self, ds):
-        if self.hparams is None:
-            self.fit(ds)
+        if self.hparams is None:  # fit on the store's own tasks: the first fit_samples (10,000) of them
+            self.fit(ds.isel(sample=slice(0, int(self.options.get("fit_samples", DEFAULT_FIT_SAMPLES)))))
         x, y, _ = self._arrays(ds)
         traj = self._run(x, y)
         n, T, d = x.shape
@@ -150,6 +155,27 @@ class _GDFamily(Hypothesis):
     def fitted(self) -> dict:
         return dict(self.hparams or {})
 
+    def rivals(self) -> dict:
+        """What else the model could be doing, with the same number of steps (and tying): for ``gd``,
+        GD at 0.8 and 1.2 times the fitted step sizes, GD++ (K > 1: one GD++ step is one GD step) and
+        least squares; for ``gdpp`` (K > 1) and ``pgd``, plain GD; and least squares. ``compare`` fits
+        each on the same tasks."""
+        if self.hparams is None:
+            raise DataError(f"hypothesis {self.name!r}: call fit() before rivals()")
+        shape = dict(self._shape)
+        if "fit_samples" in self.options:
+            shape["fit_samples"] = self.options["fit_samples"]
+        out = {}
+        if self.kind == "gd":
+            for f in (0.8, 1.2):
+                out[f"gd η×{f:g}"] = GDHypothesis(eta=[f * e for e in self.hparams["etas"]], steps=shape["steps"])
+            if shape["steps"] > 1:  # one GD++ step predicts exactly what one GD step does
+                out["gdpp"] = GDPPHypothesis(**shape)
+        elif self.kind == "pgd" or shape["steps"] > 1:
+            out["gd"] = GDHypothesis(**shape)
+        out["least squares"] = LeastSquares(lam=float(self.options.get("lam", 1e-6)))
+        return out
+
 
 class GDHypothesis(_GDFamily):
     name = "gd"
@@ -167,3 +193,41 @@ class PGDHypothesis(_GDFamily):
     name = "pgd"
     description = "preconditioned gradient descent with a fitted preconditioner A (Ahn et al. 2023)"
     kind = "pgd"
+
+
+class LeastSquares(Hypothesis):
+    """Exact (ridge) least squares on the context: a converged in-context learner, as a rival of the
+    GD family. At the query it predicts w·x_q with w the ridge solution (``lam``); at a context token,
+    minus its residual, in the layout of the GD hypotheses' ``predict``. Not registered: a rival."""
+
+    name = "least-squares"
+    description = "ridge least squares on the context tokens, evaluated at the query"
+    requires = ("x", "y", "is_query")
+
+    def __init__(self, lam: float = 1e-6):
+        if lam < 0:
+            raise UsageError(f"least squares needs lam >= 0, got {lam}")
+        super().__init__(lam=lam)
+        self.lam = lam
+
+    def predict(self, inputs):
+        import torch
+
+        x, y = algorithms.split_tokens(inputs)
+        X = x[:, :-1]
+        R = X.transpose(1, 2) @ X + self.lam * torch.eye(x.shape[-1], dtype=x.dtype)
+        w = torch.linalg.solve(R, X.transpose(1, 2) @ y[..., None])[..., 0]
+        fitted = torch.einsum("bd,btd->bt", w, x)
+        return torch.cat([fitted[:, :-1] - y, fitted[:, -1:]], 1)[..., None]
+
+    def fitted(self) -> dict:
+        return {"lam": self.lam}
+
+    def compute(self, ds):
+        x, y, _ = _GDFamily._arrays(ds)
+        n, T, _ = x.shape
+        ls = np.zeros((n, T, 1))
+        ls[:, -1, 0] = algorithms.least_squares_pred(x, y, self.lam).numpy()
+        query = np.zeros((n, T), dtype=bool)
+        query[:, -1] = True
+        return [Target("ls_pred", ls, query, "least squares on the context, at the query")]

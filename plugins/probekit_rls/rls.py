@@ -19,6 +19,10 @@ the query. With R_t = sum_{tau<t} x_tau x_tau^T + lam I:
 
 The recursion uses the Sherman-Morrison update of P_t = R_t^{-1}, which is what
 "recursive" least squares means; tests check it against a batch ridge solve.
+
+For ``probekit compare``, ``predict`` gives ``rls_pred`` as a differentiable function of the
+model's inputs, and ``rivals()`` names an over-regularised ridge, one GD step and predicting the
+current state (:mod:`probekit_rls.behaviour`).
 """
 
 from __future__ import annotations
@@ -91,6 +95,19 @@ class RLSHypothesis(Hypothesis):
             raise UsageError(f"rls needs neumann_orders >= 0, got {neumann_orders}")
         super().__init__(lam=lam, neumann_orders=neumann_orders, min_pos=min_pos)
         self.lam, self.neumann_orders, self.min_pos = lam, neumann_orders, min_pos
+
+    def predict(self, inputs):
+        """``rls_pred`` at every position of the model's inputs ``[b, T, D]`` (states; the pairs are
+        (x_tau, x_{tau+1}), tau < t), as ``[b, T, D]``; differentiable."""
+        from probekit_rls.behaviour import rls_predict
+
+        return rls_predict(inputs, self.lam)
+
+    def rivals(self) -> dict:
+        from probekit_rls.behaviour import CurrentState, OneStepGD, RidgeRival
+
+        return {f"ridge λ={1000 * self.lam:g}": RidgeRival(1000 * self.lam), "one GD step": OneStepGD(),
+                "current state": CurrentState()}
 
     def compute(self, ds):
         x = np.asarray(ds["x"].values, dtype=np.float64)

@@ -33,19 +33,25 @@ class PairedBootstrap:
     def __init__(self, sample: np.ndarray, n_boot: int = N_BOOT, seed: int = 0):
         ids, self.inverse = np.unique(np.asarray(sample), return_inverse=True)
         self.n_tasks = len(ids)
-        self.rows = np.bincount(self.inverse, minlength=self.n_tasks).astype(np.float64)
         rng = np.random.default_rng(seed)
         self.weights = rng.multinomial(self.n_tasks, np.full(self.n_tasks, 1 / self.n_tasks),
                                        size=n_boot).astype(np.float64)  # [n_boot, tasks]
 
     def mean_ci(self, values: np.ndarray) -> tuple[float, float, float]:
-        """Mean of per-row ``values`` and its 95 % percentile interval over the resamples."""
+        """Mean of per-row ``values`` and its 95 % percentile interval over the resamples (rows that are
+        not finite, e.g. the cosine of a zero sensitivity, are left out)."""
         values = np.asarray(values, dtype=np.float64)
-        if values.shape != self.inverse.shape or not np.isfinite(values).all():
+        if values.shape != self.inverse.shape:
+            raise ValueError(f"{values.shape[0]} values for {self.inverse.shape[0]} rows")
+        finite = np.isfinite(values)
+        if not finite.any():
             return float("nan"), float("nan"), float("nan")
-        per_task = np.bincount(self.inverse, weights=values, minlength=self.n_tasks)
-        boots = (self.weights @ per_task) / (self.weights @ self.rows)
-        return float(per_task.sum() / self.rows.sum()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+        per_task = np.bincount(self.inverse, weights=np.where(finite, values, 0.0), minlength=self.n_tasks)
+        rows = np.bincount(self.inverse, weights=finite.astype(np.float64), minlength=self.n_tasks)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots = (self.weights @ per_task) / (self.weights @ rows)
+        return (float(per_task.sum() / rows.sum()), float(np.nanpercentile(boots, 2.5)),
+                float(np.nanpercentile(boots, 97.5)))
 
 
 def rival_table(records: dict, hypotheses: list[str], boot: PairedBootstrap, tokens: bool, logit_r2) -> dict:

@@ -70,26 +70,42 @@ def rivals_table(results):
                   caption="gap: distance(model, rival) − distance(model, hypothesis), mean [95% paired bootstrap CI] "
                           "over held-out tasks; excluded: the CI lies above 0 (the model is closer to the hypothesis)",
                   box=box.SIMPLE_HEAD, padding=(0, 1))
-    for col in ("hypothesis", "algorithm", "loss", dist, "gap (paired)", "excluded", agree, "closest"):
-        table.add_column(col, justify="left" if col in ("hypothesis", "algorithm", "excluded") else "right",
+    for col in ("hypothesis", "algorithm", "fitted", "loss", dist, "gap (paired)", "excluded", agree, "closest"):
+        table.add_column(col, justify="left" if col in ("hypothesis", "algorithm", "fitted", "excluded") else "right",
                          no_wrap=True)
     own_agree = "logit_r2" if tokens else "model_cos"
+    fitted = json.loads(results.attrs.get("fitted", "{}"))
     for h in results.hypothesis.values:
         r = results.sel(hypothesis=h)
         closest = str(r.closest.values)
-        table.add_row(str(h), f"[bold]{h}[/bold] (hypothesis)", f"{float(r.loss_alg):.4f}", f"{float(r.pred_diff):.4f}",
-                      "", "", f"{float(r[own_agree]):.4f}", "◀" if closest == str(h) else "")
+        table.add_row(str(h), f"[bold]{h}[/bold] (hypothesis)", _fitted_words(fitted.get(str(h))),
+                      f"{float(r.loss_alg):.4f}", f"{float(r.pred_diff):.4f}", "", "", f"{float(r[own_agree]):.4f}",
+                      "◀" if closest == str(h) else "")
         for rv in results.rival.values[results.rival_of.values == h]:
             q = results.sel(rival=rv)
             m, lo, hi = _triple(q, "rival_gap")
             verdict = ("yes" if lo > 0 else "no: closer to the rival" if hi < 0
                        else "no: same predictions" if max(abs(lo), abs(hi)) < 1e-12 else "no: CI spans 0")
             name = str(q.rival_name.values)
-            table.add_row("", name, f"{float(q.rival_loss):.4f}", f"{float(q.rival_dist):.4f}",
+            table.add_row("", name, _fitted_words(fitted.get(f"{h}: {name}")), f"{float(q.rival_loss):.4f}",
+                          f"{float(q.rival_dist):.4f}",
                           f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]", verdict,
                           f"{float(q['rival_' + ('logit_r2' if tokens else 'cos')]):.4f}",
                           "◀" if closest == name else "")
     return table
+
+
+def _fitted_words(fitted) -> str:
+    """A short view of fitted step sizes (η, and γ for GD++) or a prior's concentration; '' otherwise."""
+    fitted = fitted or {}
+    words = []
+    for key, sym in (("etas", "η"), ("gammas", "γ"), ("concentration", "c")):
+        v = fitted.get(key)
+        if isinstance(v, (int, float)):
+            v = [v]
+        if isinstance(v, list) and v and all(isinstance(e, (int, float)) for e in v):
+            words.append(f"{sym} " + "/".join(f"{e:.3g}" for e in v))
+    return " ".join(words)
 
 
 def _main_table(results):

@@ -99,7 +99,7 @@ def test_compare_cli_json_and_errors(tmp_path, capsys):
     assert gd["model_cos"][1] <= gd["model_cos"][0] <= gd["model_cos"][2]
     assert set(gd["ood"]["loss_model"]) == {"1", "3"}
     # errors are one line
-    assert run(["compare", "--model", f"toy:{path}", "-H", "rls", "-n", "100", "--ood", ""]) == 2
+    assert run(["compare", "--model", f"toy:{path}", "-H", "induction", "-n", "100", "--ood", ""]) == 2
     assert "has no predict()" in capsys.readouterr().err
     assert run(["compare", "--model", f"toy:{path}", "-H", "nope", "--ood", ""]) == 2
     err = capsys.readouterr().err
@@ -128,6 +128,9 @@ def test_trained_one_layer_lsa_matches_one_gd_step(tmp_path, capsys):
     loss_model, loss_gd = gd["loss_model"][0], gd["loss_alg"][0]
     assert abs(loss_model - loss_gd) <= 0.03 * loss_gd
     assert gd["model_cos"][0] >= 0.99
+    # issue #18: and it is closer to GD at the fitted eta than to GD at 0.8 or 1.2 times it (paired CIs)
+    assert gd["closest"] == "gd"
+    assert all(r["excluded"] for r in gd["rivals"] if r["rival"].startswith("gd η"))
 
 
 def closed_form_eta(ds) -> float:

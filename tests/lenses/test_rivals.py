@@ -142,6 +142,9 @@ def test_paired_bootstrap_resamples_tasks_and_pairs_differences():
     task_means = (b - a).reshape(n_tasks, per).mean(1)
     half = 1.96 * task_means.std(ddof=1) / np.sqrt(n_tasks)
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.15) and lo > 0
+    with_nan = (b - a).copy()
+    with_nan[::7] = np.nan  # e.g. the cosine of a zero sensitivity: left out, not propagated
+    assert boot.mean_ci(with_nan)[0] == pytest.approx(np.nanmean(with_nan))
     # unpaired, the task effect swamps the 0.05 difference
     _, lo_a, hi_a = boot.mean_ci(a)
     _, lo_b, hi_b = boot.mean_ci(b)

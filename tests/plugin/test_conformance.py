@@ -250,8 +250,8 @@ def test_the_suites_name_their_checks():
     hyp = testing.check_names(testing.yield_hypothesis_checks(HOST.hypotheses.get("gd"), task=_task("linreg")))
     assert {"targets_aligned", "deterministic", "fitted_before_fit", "predict_shape"} <= set(hyp)
     assert "refuses_unsupported" not in hyp  # only with unsupported stores
-    assert "predict_shape" not in testing.check_names(testing.yield_hypothesis_checks(HOST.hypotheses.get("rls"),
-                                                                                      task=_task("lds")))
+    assert "predict_shape" not in testing.check_names(testing.yield_hypothesis_checks(
+        HOST.hypotheses.get("induction"), task=_task(_task_for("induction"))))  # induction has no predict()
     toy = testing.check_names(_toy_checks())
     assert {"site_layouts", "batch_independent", "random_init", "refuses_bad_spec"} <= set(toy)
     assert "padding" not in toy  # only with a valid= mask

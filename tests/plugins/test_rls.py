@@ -123,3 +123,53 @@ def test_condition_numbers_quoted_in_the_docs():
         assert cond.reshape(300, -1)[i, t - 5] == pytest.approx(ev[-1] / ev[0], rel=1e-8)
     out = conditioning.main(["-n", "2000", "--seed", "1"])
     assert abs(out["median"] - 15.4) <= 0.5 and out["p90"] > 200
+
+
+def batch_ridge_pred(x, lam: float):
+    """W_t x_t by a fresh ridge solve per position from the pairs (x_tau, x_{tau+1}), tau < t, position by
+    position (torch, so that a model built from it has sensitivities)."""
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    n, T, D = x.shape
+    out = [torch.zeros(n, D, dtype=x.dtype)]
+    for t in range(1, T):
+        X, Y = x[:, :t], x[:, 1 : t + 1]
+        R = X.transpose(1, 2) @ X + lam * torch.eye(D, dtype=x.dtype)
+        W = torch.linalg.solve(R, X.transpose(1, 2) @ Y).transpose(1, 2)  # [n, D_out, D_in]
+        out.append(torch.einsum("nij,nj->ni", W, x[:, t]))
+    return torch.stack(out, 1)
+
+
+def test_predict_is_rls_pred_and_a_model_built_as_rls_beats_its_rivals():
+    import torch
+
+    from probekit.lenses.compare import logit_r2, measure
+    from probekit.lenses.rivals import PairedBootstrap, rival_table
+
+    task = LDSTask(dim=3, length=10)
+    held_out, fit = task.generate(400, 5), task.generate(400, 6)
+    x = held_out["x"].values.astype(np.float64)
+    hyp = RLSHypothesis()
+    pred = hyp.predict(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(pred, batch_ridge_pred(x, 1e-3).numpy(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(pred[:, 1:], rls_recursion(x, held_out["y"].values, 1e-3)[0][:, 1:],
+                               rtol=1e-5, atol=1e-7)
+    for built_as, model in (("rls", lambda z: batch_ridge_pred(z.double(), 1e-3)),
+                            ("current state", lambda z: z.double())):
+        record = measure(model, hyp, task, held_out, fit, batch_size=200)
+        assert set(record["rivals"]) == {"ridge λ=1", "one GD step", "current state"}
+        cols = rival_table({"rls": record}, ["rls"], PairedBootstrap(record["id"]["sample"]), False, logit_r2)
+        assert cols["closest"] == [built_as]
+        gaps = dict(zip(cols["rival_name"], cols["rival_gap"]))
+        if built_as == "rls":
+            assert all(lo > 0 for _, lo, _ in gaps.values())
+        else:
+            assert gaps["current state"][2] < 0
+    # one GD step's eta is the closed form <g, y> / <g, g> on the fitting tasks, computed here in numpy
+    xf, yf = fit["x"].values.astype(np.float64), fit["y"].values.astype(np.float64)
+    g = np.zeros_like(xf)
+    for t in range(1, xf.shape[1]):
+        g[:, t] = np.einsum("nti,ntj,nj->ni", xf[:, 1 : t + 1], xf[:, :t], xf[:, t]) / t
+    eta = record["rivals_fitted"]["one GD step"]["etas"][0]
+    assert eta == pytest.approx(float((g * yf).sum() / (g * g).sum()), rel=1e-6)
