@@ -9,9 +9,11 @@
   twice, the second copy starting anywhere after the first ends. Its length is ``segment``,
   or (``segment = 0``, the default) uniform in ``[min_segment, (length - bos) // 2]``, so the
   distance between the copies varies and no head can find the earlier copy by position alone
-  (with a fixed half-length segment, the prototype of SCIENCE.md (d), block-0 heads learn to
-  attend a fixed distance back instead). The defaults (every sequence holds a repeat, segments
-  of 8 to 31 tokens) make the induction phase change come within about 1,000 Adam steps.
+  (trained on a fixed half-length segment -- the repeated random tokens on which Olsson et al.
+  2022, "In-context Learning and Induction Heads", *score* induction heads -- block-0 heads learn
+  to attend a fixed distance back instead, in this plugin's first prototype). The defaults (every
+  sequence holds a repeat, segments of 8 to 31 tokens) make the induction phase change come within
+  about 1,000 Adam steps.
 
 Token 0 is BOS when ``bos`` is true (it never occurs elsewhere). Both tasks train next-token
 prediction: ``next[s, t]`` is the token after position t (for ``repeated-tokens`` the

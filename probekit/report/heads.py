@@ -36,6 +36,8 @@ def heads_table(ds, threshold: float = 0.5):
     if ab:
         caption.append(f"{ab['mode']}-ablating {', '.join(ab['heads'])}: ICL {ab['icl_clean']:+.3f} → "
                        f"{ab['icl_ablated']:+.3f} ({100 * ab['removed']:.0f}% removed)")
+    if "induction_ablated" in ds:
+        caption.append(_backup_caption(ds, ab["heads"]))
     table = Table(title=f"heads of {ds.attrs['model_spec']}", caption="\n".join(caption), box=box.SIMPLE_HEAD,
                   padding=(0, 1))
     for col in ("head", "prev-tok", "dup", "induct", "OV copy", "QK prefix", "role"):
@@ -50,6 +52,16 @@ def heads_table(ds, threshold: float = 0.5):
     return table
 
 
+def _backup_caption(ds, ablated: list[str]) -> str:
+    """The heads whose induction score rose most once ``ablated`` were zeroed (candidate backup heads)."""
+    rise = (ds.induction_ablated - ds.induction).values
+    order = [(l, h) for l, h in zip(*np.unravel_index(np.argsort(-rise, axis=None), rise.shape))
+             if f"{l}.{h}" not in ablated][:3]
+    shown = ", ".join(f"{l}.{h} {float(ds.induction[l, h]):.2f} → {float(ds.induction_ablated[l, h]):.2f}"
+                      for l, h in order)
+    return f"induction score with them ablated, largest rises: {shown}"
+
+
 def heads_json(ds) -> dict:
     """One record per head, plus the ICL score and ablation (JSON-able)."""
     heads = []
@@ -60,6 +72,9 @@ def heads_json(ds) -> dict:
             for k in ("prev_token", "duplicate", "induction", "ov_copying", "qk_prefix"):
                 v = float(r[k])
                 rec[k] = v if np.isfinite(v) else None
+            for k in ("prev_token", "duplicate", "induction"):  # with the heads ablated (zero ablation)
+                if f"{k}_ablated" in ds:
+                    rec[f"{k}_ablated"] = float(r[f"{k}_ablated"])
             for k in ("ov", "qk"):
                 re_, im = r[f"{k}_eig_real"].values, r[f"{k}_eig_imag"].values
                 ok = np.isfinite(re_)

@@ -201,6 +201,21 @@ def test_heads_of_a_constructed_induction_model(built):
     assert abs(json.loads(idle.attrs["ablation"])["removed"]) < 1e-6
 
 
+def test_zero_ablation_also_rescores_the_patterns_so_backup_heads_show(built):
+    """With --ablation zero the pattern scores are measured again with the heads gone: zeroing the
+    previous-token head 0.0 leaves the induction head 1.0 without the keys it matches, while zeroing
+    1.0 itself leaves every pattern (which block 1's output does not feed) as it was."""
+    prev = dynamics.run_heads(HOST, f"toy:{built}", dynamics.HeadsSettings(n_samples=20, icl_samples=50,
+                                                                           ablate="0.0"))
+    assert prev.induction.values[1, 0] > 0.8 and prev.induction_ablated.values[1, 0] < 0.3
+    own = dynamics.run_heads(HOST, f"toy:{built}", dynamics.HeadsSettings(n_samples=20, icl_samples=50,
+                                                                          ablate="1.0"))
+    np.testing.assert_allclose(own.induction_ablated.values, own.induction.values, atol=1e-6)
+    mean = dynamics.run_heads(HOST, f"toy:{built}", dynamics.HeadsSettings(n_samples=20, icl_samples=50,
+                                                                           ablate="0.0", ablation="mean"))
+    assert "induction_ablated" not in mean  # only the zero ablation is rescored
+
+
 def test_zero_ablation_equals_zeroing_the_heads_output_weights(built):
     import torch
 

@@ -313,6 +313,10 @@ def heads_for_adapter(host, adapter, settings: HeadsSettings, *, on_progress=Non
                 "heads": [f"{l}.{h}" for l, h in heads], "mode": settings.ablation, "icl_clean": clean,
                 "icl_ablated": ablated_score, "removed": 1 - ablated_score / clean if clean else float("nan")})
             curves.append(_mean_by_position(ab_losses))
+            if settings.ablation == "zero":  # backup heads: the pattern scores again, with the heads gone
+                with ablated(adapter, heads):
+                    after = head_pattern_scores(adapter, tokens, R, layout.prefix, settings.batch_size)
+                data.update({f"{k}_ablated": (dims, v) for k, v in after.items()})
             tick("ablation")
         data["loss_by_pos"] = (("run", "pos"), np.stack(curves))
     coords = {"layer": np.arange(L), "head": np.arange(H)}
