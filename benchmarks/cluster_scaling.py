@@ -30,7 +30,7 @@ def chunk_bytes(path: Path) -> dict[str, bytes]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--n", type=int, default=26000)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])

@@ -17,6 +17,14 @@ class SerialExecutor:
 
     layers_in_flight = 1
 
+    def job_blocks(self, n: int, chunk: int) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` sample ranges of the block jobs over ``n`` samples: one chunk each."""
+        return [(s0, min(n, s0 + chunk)) for s0 in range(0, n, chunk)]
+
+    def pieces(self, array, blocks: list[tuple[int, int]], place: Callable | None = None) -> list:
+        """``array``'s rows of each ``(start, stop)`` block, for the block jobs."""
+        return [array[a:b] for a, b in blocks]
+
     def map(self, fn: Callable, jobs: list[tuple], place: Callable | None = None) -> list:
         return [fn(*job) for job in jobs]
 
@@ -36,8 +44,49 @@ class DaskExecutor:
 
     layers_in_flight = 2  # the client cross-validates one layer while the workers accumulate the next
 
+    SHARED_ARRAYS = 8  # arrays whose pieces stay on the cluster (the least recently used is released)
+    JOB_CHUNKS = 4  # chunks per block job at most
+
     def __init__(self, client, resources: dict | None = None):
+        import collections
+        import threading
+
         self.client, self.resources = client, dict(resources or {})
+        self._pieces: collections.OrderedDict = collections.OrderedDict()
+        self._pieces_lock = threading.Lock()
+
+    def job_blocks(self, n: int, chunk: int) -> list[tuple[int, int]]:
+        """Block jobs of up to ``JOB_CHUNKS`` whole chunks (fewer jobs: less of the scheduler's and
+        the client's time per byte), while every worker still gets at least 4 jobs per layer."""
+        n_chunks = -(-n // chunk)
+        workers = max(1, len(self.client.scheduler_info()["workers"]))
+        per_job = max(1, min(self.JOB_CHUNKS, n_chunks // (4 * workers)))
+        step = per_job * chunk
+        return [(s0, min(n, s0 + step)) for s0 in range(0, n, step)]
+
+    def pieces(self, array, blocks: list[tuple[int, int]], place: Callable | None = None) -> list:
+        """``array``'s rows of each block, sent to the cluster once per array: futures that block
+        jobs take as arguments, on the worker ``place(block)`` chooses (as :meth:`map`'s ``place``
+        does for the jobs). Every later call with the same array object and blocks (each layer,
+        each pass) reuses them instead of sending the rows with every job. Each piece is a small
+        task holding its rows, so a worker that dies takes nothing with it: dask recomputes it."""
+        key = (id(array), tuple(blocks))
+        with self._pieces_lock:
+            hit = self._pieces.get(key)
+            if hit is not None and hit[0] is array:
+                self._pieces.move_to_end(key)
+                return hit[1]
+        workers = sorted(self.client.scheduler_info()["workers"]) if place is not None else []
+        futures = []
+        for a, b in blocks:
+            kw = {"workers": [workers[hash(place((a, b))) % len(workers)]], "allow_other_workers": True} \
+                if workers else {}
+            futures.append(self.client.submit(_rows, array[a:b], pure=False, **kw))
+        with self._pieces_lock:
+            self._pieces[key] = (array, futures)  # the array is held: its id is not reused meanwhile
+            while len(self._pieces) > self.SHARED_ARRAYS:
+                self._pieces.popitem(last=False)  # its futures are released with it
+        return futures
 
     def map(self, fn: Callable, jobs: list[tuple], place: Callable | None = None) -> list:
         """``fn(*job)`` for each job, in order. ``place(job)`` (any hashable, e.g. the sample block a
@@ -79,6 +128,10 @@ class DaskExecutor:
                 future.release()
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+
+def _rows(rows):
+    return rows
 
 
 def on_worker(fn: Callable, *args):

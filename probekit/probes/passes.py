@@ -20,8 +20,12 @@ def column_slices(ks: list[int]) -> list[slice]:
 
 def _sample_block(job: tuple) -> int:
     """Where a block job runs on a cluster: by its first sample, so both passes (and every
-    shuffled baseline) of a block run where its chunk was read."""
+    shuffled baseline) of a block run where its chunk was read and its targets were sent."""
     return job[2]
+
+
+def _first_sample(block: tuple[int, int]) -> int:
+    return block[0]
 
 
 def probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings, score=True):
@@ -33,9 +37,10 @@ def probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings
     s0, s1 = first  # the shift only needs to be common to all blocks, not exact
     shift = (read(src, layer, s0, s1)[mask[s0:s1]].astype(np.float64).mean(0),
              y[s0:s1][mask[s0:s1]].astype(np.float64).mean(0))
+    ys = executor.pieces(y, blocks, place=_first_sample)  # on a cluster: sent once, for every layer and pass
     total = executor.map_reduce(accumulate_block, [
-        (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], settings.n_folds, shift, settings.per_pos, settings.device)
-        for a, b in blocks], add_block_stats, place=_sample_block)
+        (src, layer, a, b, mask[a:b], yb, folds[a:b], settings.n_folds, shift, settings.per_pos, settings.device)
+        for (a, b), yb in zip(blocks, ys)], add_block_stats, place=_sample_block)
     col_groups = np.repeat(np.arange(len(ks)), ks)
     stats = FoldStats.from_numpy(total["pooled"], settings.device)
     res = cross_validate(stats, col_groups=col_groups, rel_alphas=settings.rel_alphas,
@@ -44,8 +49,8 @@ def probe_layer(executor, src, layer, blocks, mask, y, folds, ks, cols, settings
     if not score:
         return res, None, per_pos
     held = executor.map(score_block, [
-        (src, layer, a, b, mask[a:b], y[a:b], folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols,
-         res.fold_mean) for a, b in blocks], place=_sample_block)
+        (src, layer, a, b, mask[a:b], yb, folds[a:b], res.fold_coef, res.fold_intercept, res.x_shift, cols,
+         res.fold_mean) for (a, b), yb in zip(blocks, ys)], place=_sample_block)
     return res, [scoring.concat([h[i] for h in held]) for i in range(len(cols))], per_pos
 
 

@@ -244,12 +244,12 @@ def _probe_checkpoint(job: _Job, kc: int | None, tick):
     arrays = empty_metrics(shape, ds.sizes[schema.POS], settings.per_pos)
     where = "" if kc is None else f"step {int(ds[schema.CHECKPOINT].values[kc])} · "
     for ci, cond in enumerate(job.conditions):
-        shuffled_cache: dict = {}  # permuted targets, shared by every site and layer of this condition
+        shuffled_cache: dict = {}  # targets (permuted too), shared by every site and layer of this condition
         group = schema.RANDOM_INIT_GROUP if cond == "random_init" else None
         for si, site in enumerate(job.sites):
             arr = view(job.store.array(site, group), None if group else kc)
             src = source(job.store, group, site, None if group else kc)
-            blocks = [(s0, min(n, s0 + arr.chunks[0])) for s0 in range(0, n, arr.chunks[0])]
+            blocks = job.executor.job_blocks(n, arr.chunks[0])
             def one_layer(stored: int, ci=ci, si=si, site=site, arr=arr, src=src, blocks=blocks,
                           cond=cond, shuffled_cache=shuffled_cache) -> None:
                 at = (ci, si, stored + job.offset[site])  # `stored` indexes the array, the layer the results
@@ -290,7 +290,10 @@ def _probe_continuous(job: _Job, arrays, at: tuple, cond: str, src, stored: int,
                            job.folds, settings, seed=[settings.seed, 1, gi], cache=shuffled_cache)
             continue
         ks = [job.values[name].shape[-1] for name in members]
-        y = np.concatenate([job.values[name] for name in members], axis=-1)
+        y = shuffled_cache.get(("targets", gi))  # one array per group: a cluster receives it once
+        if y is None:
+            y = shuffled_cache.setdefault(("targets", gi), np.concatenate([job.values[name] for name in members],
+                                                                          axis=-1))
         cols = column_slices(ks)
         res, held, per_pos = probe_layer(job.executor, src, stored, blocks, mask, y, job.folds, ks, cols, settings)
         for name, c, h in zip(members, cols, held):
