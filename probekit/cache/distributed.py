@@ -105,6 +105,10 @@ class ClusterWriter:
         ci = unit[0] if unit else None
         model = model or ModelRef(self.req.model, random_init=bool(group))
         token = self.store.location.token()
+        from probekit.store import manifest
+
+        node = self.store.group(group, mode="a")
+        manifest.ensure(node, dict(node.attrs))  # before the workers mark blocks in it, concurrently
         todo = write_units(self.req.n_samples, self.store.blocks_done(group), ci, block, step)
         self.units += [Unit(token, self.req, model, self.input_var, group, ci, s0, s1, tuple(blocks))
                        for s0, s1, blocks in todo]

@@ -49,15 +49,30 @@ def mark(node, attrs: dict, unit) -> None:
     index = unit if isinstance(unit, tuple) else (unit,)
     if len(index) != len(shape):
         raise StoreError(f"unit {unit} does not fit the manifest of group {node.path or '/'} (shape {shape})")
-    with _CREATING:  # the writer threads of one process (a store has one writer process: its lock)
+    ensure(node, attrs)[index] = np.uint8(1)
+
+
+def ensure(node, attrs: dict):
+    """The manifest array of the group ``node``, created if absent. A cluster's client calls it
+    before its workers mark blocks; should two writers still race to create it, the loser opens
+    what the winner made (the same metadata)."""
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
+    shape = grid(attrs)
+    with _CREATING:  # the writer threads of one process
         try:
-            arr = node[f"{GROUP}/{ARRAY}"]
+            return node[f"{GROUP}/{ARRAY}"]
         except KeyError:
-            arr = node.require_group(GROUP).create_array(
+            pass
+        try:
+            return node.require_group(GROUP).create_array(
                 ARRAY, shape=shape, chunks=(1,) * len(shape), dtype="uint8", fill_value=0, compressors=None,
                 dimension_names=("checkpoint", "unit")[2 - len(shape):],
                 attributes={"description": "one object per finished sample block (probekit's resume manifest)"})
-    arr[index] = np.uint8(1)
+        except (ContainsArrayError, ContainsGroupError):  # another process made it meanwhile
+            import zarr  # (opened by its own metadata: ``node`` may list what was consolidated before)
+
+            return zarr.open_array(node.store, path="/".join(filter(None, [node.path, GROUP, ARRAY])), mode="r+")
 
 
 def marked(node) -> set:

@@ -153,3 +153,21 @@ def test_shard_auto_leaves_small_stores_unsharded(tmp_path, host, tiny_checkpoin
     store = run_cache(host, _req(tiny_checkpoint, tmp_path / "a.zarr", shard="auto"))
     assert schema.SHARD_ATTR not in store.attrs() and store.array("resid").shards is None
     assert np.isfinite(store.dataset().resid.values).all()
+
+
+def test_marking_when_another_writer_made_the_manifest_meanwhile(tmp_path, host, tiny_checkpoint):
+    """On a cluster several worker processes mark blocks of one store: a worker whose view of the
+    group predates the manifest (a stale or consolidated listing) opens the one another made."""
+    import zarr
+
+    from probekit.store import manifest
+
+    store = run_cache(host, _req(tiny_checkpoint, tmp_path / "s.zarr"))
+    made = zarr.open_group(store.path, mode="a")
+    del made[manifest.GROUP]  # as before any block was marked
+    zarr.consolidate_metadata(store.path)
+    stale = zarr.open_group(store.path, mode="a", use_consolidated=True)  # lists no manifest
+    other = zarr.open_group(store.path, mode="a", use_consolidated=False)
+    manifest.mark(other, dict(other.attrs), 3)  # another worker creates the manifest and marks block 3
+    manifest.mark(stale, dict(stale.attrs), 5)
+    assert Store(store.path).blocks_done() == {3, 5}
