@@ -58,6 +58,15 @@ def cluster():
         yield executor
 
 
+def _blocks_done(path) -> int:
+    """Blocks marked so far (0 while the store is being created: with zarr < 3.1.3, whose writes
+    are not atomic, a metadata file being written reads as empty)."""
+    try:
+        return len(Store(path).blocks_done()) if Store(path).exists() else 0
+    except Exception:
+        return 0
+
+
 def _req(ckpt, out, **kw):
     kw = {"model": f"toy:{ckpt}", "n_samples": 120, "seed": 3, "batch_size": 8, "block": 8, "random_init": True} | kw
     return CacheRequest(out=str(out), **kw)
@@ -128,7 +137,7 @@ def test_a_worker_killed_mid_run_loses_only_its_block(tmp_path, host, tiny_check
         victim = None
         deadline = time.time() + 120
         while victim is None and time.time() < deadline and thread.is_alive():
-            done = len(Store(path).blocks_done()) if Store(path).exists() else 0
+            done = _blocks_done(path)
             busy = {w: ts for w, ts in client.processing().items() if ts}
             if done >= 2 and busy:
                 victim = next(iter(busy))
@@ -157,7 +166,7 @@ def test_the_cli_caches_on_a_local_cluster_and_a_killed_client_resumes(tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if Store(path).exists() and len(Store(path).blocks_done()) >= 3:
+        if _blocks_done(path) >= 3:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the client finished before it could be killed"
