@@ -76,12 +76,8 @@ class DaskExecutor:
             if hit is not None and hit[0] is array:
                 self._pieces.move_to_end(key)
                 return hit[1]
-        workers = sorted(self.client.scheduler_info()["workers"]) if place is not None else []
-        futures = []
-        for a, b in blocks:
-            kw = {"workers": [workers[hash(place((a, b))) % len(workers)]], "allow_other_workers": True} \
-                if workers else {}
-            futures.append(self.client.submit(_rows, array[a:b], pure=False, **kw))
+        where = self._placement(place)
+        futures = [self.client.submit(_rows, array[a:b], pure=False, **where((a, b))) for a, b in blocks]
         with self._pieces_lock:
             self._pieces[key] = (array, futures)  # the array is held: its id is not reused meanwhile
             while len(self._pieces) > self.SHARED_ARRAYS:
@@ -95,14 +91,17 @@ class DaskExecutor:
         return self.client.gather(self._submit(fn, jobs, place))
 
     def _submit(self, fn: Callable, jobs: list[tuple], place: Callable | None) -> list:
+        where = self._placement(place)
+        return [self.client.submit(on_worker, fn, *job, pure=False, resources=self.resources or None, **where(job))
+                for job in jobs]
+
+    def _placement(self, place: Callable | None) -> Callable[[object], dict]:
+        """``item -> submit keywords`` sending items of one ``place(item)`` to one of the current
+        workers (another takes them when that one is gone); no keywords without ``place``."""
         workers = sorted(self.client.scheduler_info()["workers"]) if place is not None else []
-        futures = []
-        for job in jobs:
-            kw = {"pure": False, "resources": self.resources or None}
-            if workers:
-                kw.update(workers=[workers[hash(place(job)) % len(workers)]], allow_other_workers=True)
-            futures.append(self.client.submit(on_worker, fn, *job, **kw))
-        return futures
+        if not workers:
+            return lambda item: {}
+        return lambda item: {"workers": [workers[hash(place(item)) % len(workers)]], "allow_other_workers": True}
 
     def map_reduce(self, fn: Callable, jobs: list[tuple], reduce: Callable, place: Callable | None = None):
         """Results are fetched and reduced as they complete (any order: the reduction is a sum)."""

@@ -18,9 +18,9 @@ import threading
 
 import numpy as np
 
-from probekit.cache.request import CacheRequest, output_layout
+from probekit.cache.request import CacheRequest
 from probekit.cache.writer import BlockWriter, write_units
-from probekit.store import schema
+from probekit.store import manifest, schema
 from probekit.store.location import Location
 from probekit.store.zarr_store import Store
 
@@ -60,9 +60,7 @@ def cache_unit(unit: Unit) -> dict:
     adapter = _worker_adapter(unit.model.spec, unit.model.random_init, req.device, req.model_dtype, inputs[:1])
     written = {"samples": 0, "tokens": 0, "bytes": 0}
     fill = BlockWriter(store, req, inputs, valid, None, written, offset=unit.s0)
-    names = [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, inputs.shape[1]))]
-    data = fill._compute(adapter, unit.s0, unit.s1)
-    fill._write(store.writable(names, unit.group), unit.group, unit.ci, unit.blocks, unit.s0, unit.s1, data)
+    fill.write_unit(adapter, unit.group, unit.ci, unit.blocks, unit.s0, unit.s1)
     return written
 
 
@@ -105,8 +103,6 @@ class ClusterWriter:
         ci = unit[0] if unit else None
         model = model or ModelRef(self.req.model, random_init=bool(group))
         token = self.store.location.token()
-        from probekit.store import manifest
-
         node = self.store.group(group, mode="a")
         manifest.ensure(node, dict(node.attrs))  # before the workers mark blocks in it, concurrently
         todo = write_units(self.req.n_samples, self.store.blocks_done(group), ci, block, step)

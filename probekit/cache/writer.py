@@ -80,8 +80,7 @@ class BlockWriter:
         attrs = store.attrs(group)
         block, step = attrs[schema.BLOCK_ATTR], attrs.get(schema.SHARD_ATTR) or attrs[schema.BLOCK_ATTR]
         ci, n_units, phase = unit or (None, 1, "random-init" if group else "model")
-        names = [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, self.inputs.shape[1]))]
-        arrays = store.writable(names, group)
+        arrays = store.writable(self._names(adapter), group)
         pending: deque = deque()
         def retire(wait: bool) -> None:  # in order: progress counts up; surfaces write errors
             while pending and (wait or pending[0].done()):
@@ -100,6 +99,17 @@ class BlockWriter:
                 self.peak_inflight = max(self.peak_inflight, len(pending))
             while pending:
                 retire(True)
+
+    def write_unit(self, adapter, group: str | None, ci, blocks, s0: int, s1: int) -> int:
+        """Compute samples ``s0:s1`` (blocks ``blocks``) and write them, then mark the blocks done:
+        one unit, in this thread (what a cluster worker runs)."""
+        data = self._compute(adapter, s0, s1)
+        return self._write(self.store.writable(self._names(adapter), group), group, ci, blocks, s0, s1, data)
+
+    def _names(self, adapter) -> list[str]:
+        """The variables a unit writes: the sites, and the model outputs ``req.logits`` keeps."""
+        req = self.req
+        return [*req.sites, *(name for name, *_ in output_layout(req, adapter.d_out, self.inputs.shape[1]))]
 
     def finish(self) -> None:
         """Every call above has written its blocks when it returns: nothing is left to wait for."""

@@ -80,9 +80,12 @@ def test_a_toy_cache_on_two_workers_equals_one_process_bit_for_bit(tmp_path, hos
     assert remote.is_complete() and remote.is_complete(schema.RANDOM_INIT_GROUP)
     assert_same_store(local.path, remote.path)
     assert seen[-1] == (240, 240) and [d for d, _ in seen] == sorted(d for d, _ in seen)
-    # both worker processes did blocks (each marks its own; the work was spread, not run here)
-    pids = cluster.client.run(os.getpid)
-    assert len(set(pids.values()) - {os.getpid()}) == 2
+    # the blocks were computed by the workers, both of them, not here: each loaded the model
+    from probekit.cache import distributed
+
+    assert not distributed._LOADED
+    loaded = cluster.client.run(lambda: len(__import__("probekit.cache.distributed").cache.distributed._LOADED))
+    assert sorted(loaded.values()) == [1, 1]
 
 
 def test_sharded_and_checkpoint_stores_on_the_cluster_equal_one_process(tmp_path, host, tiny_checkpoint, cluster):
